@@ -1,0 +1,186 @@
+"""The ``bench`` command line. The only place that reads argv and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from bench import registry
+from bench.errors import BenchError, ConfigError
+
+MIRROR_ENV = "BENCH_DATA_MIRROR"  # os.pathsep-separated mirror folders, read here and passed down
+CACHE_ENV = "BENCH_CACHE_DIR"
+
+
+class UsageError(Exception):
+    """argparse misuse: usage help and exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with usage, as argparse does, without SystemExit games
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="bench", description="Benchmark recommender systems on identical splits.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    run = sub.add_parser("run", help="run a suite and write results to reports/runs/<run-id>/")
+    run.add_argument("--suite", required=True, help="built-in suite name (see `bench list suites`) or a .toml path")
+    run.add_argument("--dataset", action="append", default=[], help="run only this dataset (repeatable)")
+    run.add_argument("--model", action="append", default=[], help="run only this model (repeatable)")
+    run.add_argument("--seed", action="append", type=int, default=[], help="use this seed instead (repeatable)")
+    run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the suite's device")
+    run.add_argument("--out", type=Path, default=Path("reports/runs"), help="folder that receives the run folder")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
+    run.add_argument("--force", action="store_true", help="with --resume: re-run finished cells too")
+    add_data_options(run)
+
+    lst = sub.add_parser("list", help="list registered models, datasets, metrics or suites")
+    lst.add_argument("what", choices=["models", "datasets", "metrics", "suites"])
+    return parser
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mirror", action="append", type=Path, default=[],
+                        help=f"folder with the publishers' files, checked before downloading (repeatable; "
+                             f"also ${MIRROR_ENV})")
+    parser.add_argument("--cache-dir", type=Path, help=f"download cache (default ~/.cache/bench/datasets; ${CACHE_ENV})")
+    parser.add_argument("--no-download", action="store_true", help="never download; fail if files are not local")
+
+
+def data_options(args: argparse.Namespace):
+    from bench.data import DataOptions
+
+    mirrors = list(args.mirror)
+    mirrors += [Path(p) for p in os.environ.get(MIRROR_ENV, "").split(os.pathsep) if p]
+    kwargs = {"mirrors": tuple(mirrors), "allow_download": not args.no_download}
+    cache = args.cache_dir or (Path(os.environ[CACHE_ENV]) if os.environ.get(CACHE_ENV) else None)
+    if cache is not None:
+        kwargs["cache_dir"] = cache
+    return DataOptions(**kwargs)
+
+
+def apply_overrides(config, args: argparse.Namespace):
+    """--dataset/--model/--seed/--device narrow or replace what the suite runs."""
+    from bench.config import DatasetSpec, ModelSpec, _check_model_params, _known
+
+    if args.dataset:
+        by_name = {d.name: d for d in config.datasets}
+        for name in args.dataset:
+            _known(registry.datasets, name, "--dataset", "command line")
+        config.datasets = [by_name.get(name, DatasetSpec(name)) for name in args.dataset]
+    if args.model:
+        by_name: dict = {}
+        for m in config.models:
+            by_name.setdefault(m.name, []).append(m)
+            by_name.setdefault(m.label, []).append(m)
+        chosen = []
+        for name in args.model:
+            _known(registry.models, name, "--model", "command line") if name not in by_name else None
+            for spec in by_name.get(name, [ModelSpec(name)]):
+                if spec not in chosen:
+                    chosen.append(spec)
+                    _check_model_params(spec, f"model '{spec.label}'", "command line")
+        config.models = chosen
+    if args.seed:
+        config.seeds = list(args.seed)
+    if args.device:
+        config.device = args.device
+    return config
+
+
+def summary_table(frame: pd.DataFrame) -> str:
+    """A compact leaderboard: NDCG and Recall at the middle cut-off, plus fit time, per segment."""
+    ok = frame[frame["status"] == "ok"]
+    accuracy = ok[ok["k"] > 0]
+    if accuracy.empty:
+        return "(no scored cells)"
+    ks = sorted(accuracy["k"].unique())
+    k = 10 if 10 in ks else ks[len(ks) // 2]
+    wanted = accuracy[(accuracy["k"] == k) & accuracy["metric"].isin(["ndcg", "recall", "hit_rate"])]
+    table = wanted.pivot_table(index=["dataset", "split", "segment", "model"], columns="metric", values="value",
+                               aggfunc="mean")
+    table.columns = [f"{c}@{k}" for c in table.columns]
+    fit = ok[ok["metric"] == "fit_seconds"].groupby(["dataset", "split", "model"])["value"].mean()
+    table["fit_s"] = [fit.get((d, s, m), float("nan")) for d, s, _seg, m in table.index]
+    unsupported = frame[frame["status"] == "unsupported"][["dataset", "split", "segment", "model"]].drop_duplicates()
+    text = table.round(4).to_string()
+    if len(unsupported):
+        text += "\nnot served (model lacks the capability): " + "; ".join(
+            f"{r.model} on {r.dataset}/{r.split}/{r.segment}" for r in unsupported.itertuples())
+    return text
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import load_suite
+    from bench.runner import run_suite
+
+    if args.force and not args.resume:
+        raise ConfigError("--force only makes sense with --resume RUN_DIR")
+    if args.resume is not None and not (args.resume / "config.json").is_file():
+        raise ConfigError(f"--resume {args.resume}: no config.json there; pass the folder of an earlier run")
+    config = apply_overrides(load_suite(args.suite), args)
+    summary = run_suite(config, out_root=args.out, data=data_options(args), run_dir=args.resume, force=args.force)
+    print(summary_table(summary.frame))
+    print(f"\nresults: {summary.run_dir / 'results.csv'} ({summary.cells} cells, {summary.failed} failed, "
+          f"{summary.skipped} reused)")
+    for failure in summary.failures:
+        print(f"FAILED {failure}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        for name in registry.models.names():
+            print(f"{name:18s} {registry.models.origin(name)}")
+    elif args.what == "datasets":
+        import bench.data  # noqa: F401  (registers datasets)
+
+        for name in registry.datasets.names():
+            print(f"{name:18s} {getattr(registry.datasets.get(name), 'description', '')}")
+    elif args.what == "metrics":
+        from bench.metrics import get_metric
+
+        for name in registry.metrics.names():
+            m = get_metric(name)
+            direction = "higher is better" if m.higher_is_better else "lower is better"
+            print(f"{name:12s} {direction:17s} {m.description}")
+    else:
+        from bench.config import builtin_suites
+        import tomllib
+
+        for name, path in builtin_suites().items():
+            description = tomllib.loads(path.read_text(encoding="utf-8")).get("description", "")
+            print(f"{name:12s} {description}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import bench.data  # noqa: F401  (registers datasets and cards)
+    import bench.metrics  # noqa: F401
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        handler = {"run": cmd_run, "list": cmd_list}[args.command]
+        return handler(args)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished cells are saved (continue with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Suite files: TOML parsed into one typed config object, validated with clear errors.
+
+A suite is datasets x splits x models x seeds, plus evaluation settings. Every
+unknown key, wrong type or unknown name is reported with the file, the key path
+and a suggestion, as a :class:`~bench.errors.ConfigError` (exit code 2).
+
+Example::
+
+    name = "smoke"
+    seeds = [0]
+    [evaluation]
+    k = [5, 10, 20]
+    [[datasets]]
+    name = "synthetic"
+    params = { n_users = 300 }
+    [[splits]]
+    kind = "random"
+    [[models]]
+    name = "als"
+    params = { factors = 32 }
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bench import registry
+from bench.errors import ConfigError
+from bench.registry import suggest
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    implicit: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SplitSpec:
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    datasets: list[str] | None = None  # restrict to these datasets; None = all
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
+
+
+@dataclass
+class EvaluationSpec:
+    k: list[int] = field(default_factory=lambda: [5, 10, 20])
+    metrics: list[str] = field(default_factory=list)  # empty = every registered default
+    exclude_train: bool = True
+    bootstrap: int = 1000
+    batch_size: int = 0  # users per recommend() call; 0 = all at once
+    max_test_users: int = 0  # 0 = all; else a seeded sample, identical for every model
+
+
+@dataclass
+class SuiteConfig:
+    name: str
+    description: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "cpu"
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    splits: list[SplitSpec] = field(default_factory=list)
+    models: list[ModelSpec] = field(default_factory=list)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    source: str = ""  # where the config came from (file path or "builtin:NAME")
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+# -- schema ------------------------------------------------------------------
+
+_TOP = {"name": str, "description": str, "seeds": list, "device": str, "datasets": list, "splits": list,
+        "models": list, "evaluation": dict}
+_DATASET = {"name": str, "params": dict, "implicit": dict}
+_SPLIT = {"kind": str, "params": dict, "datasets": list}
+_MODEL = {"name": str, "params": dict, "label": str}
+_EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
+         "max_test_users": int}
+_DEVICES = ("cpu", "cuda", "auto")
+
+
+def _check_keys(table: dict[str, Any], schema: dict[str, type], where: str, source: str) -> None:
+    for key, value in table.items():
+        if key not in schema:
+            raise ConfigError(f"{source}: unknown key '{where}{key}'; {suggest(key, list(schema))}"
+                              f"valid keys here: {', '.join(schema)}")
+        expected = schema[key]
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{source}: '{where}{key}' must be a {expected.__name__}, "
+                              f"got {type(value).__name__} ({value!r})")
+
+
+def _require(table: dict[str, Any], key: str, where: str, source: str) -> None:
+    if key not in table:
+        raise ConfigError(f"{source}: '{where}' needs a '{key}' key")
+
+
+def _known(kind_registry: registry.Registry, name: str, where: str, source: str) -> None:
+    if name not in kind_registry:
+        names = kind_registry.names()
+        raise ConfigError(f"{source}: {where} names unknown {kind_registry.kind} '{name}'; "
+                          f"{suggest(name, names)}available: {', '.join(names)}")
+
+
+def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
+    """Validate a suite table and build the typed config."""
+    from bench import metrics as _metrics  # noqa: F401  (registers builtin metrics)
+    from bench.splits import SPLITS
+
+    _check_keys(raw, _TOP, "", source)
+    _require(raw, "name", "the suite", source)
+    for key in ("datasets", "splits", "models"):
+        if not raw.get(key):
+            raise ConfigError(f"{source}: the suite needs at least one entry in [[{key}]]")
+    seeds = raw.get("seeds", [0])
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{source}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    device = raw.get("device", "cpu")
+    if device not in _DEVICES:
+        raise ConfigError(f"{source}: device = '{device}' is not valid; use one of {', '.join(_DEVICES)}")
+
+    datasets = []
+    for i, table in enumerate(raw["datasets"]):
+        where = f"datasets[{i}]."
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: datasets[{i}] must be a table")
+        _check_keys(table, _DATASET, where, source)
+        _require(table, "name", f"datasets[{i}]", source)
+        _known(registry.datasets, table["name"], f"datasets[{i}].name", source)
+        datasets.append(DatasetSpec(table["name"], dict(table.get("params", {})), dict(table.get("implicit", {}))))
+
+    splits = []
+    dataset_names = {d.name for d in datasets}
+    for i, table in enumerate(raw["splits"]):
+        where = f"splits[{i}]."
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: splits[{i}] must be a table")
+        _check_keys(table, _SPLIT, where, source)
+        _require(table, "kind", f"splits[{i}]", source)
+        kind = table["kind"]
+        if kind not in SPLITS:
+            raise ConfigError(f"{source}: splits[{i}].kind = '{kind}' is unknown; {suggest(kind, list(SPLITS))}"
+                              f"available: {', '.join(SPLITS)}")
+        params = dict(table.get("params", {}))
+        unknown = sorted(set(params) - set(SPLITS[kind][1]))
+        if unknown:
+            raise ConfigError(f"{source}: splits[{i}].params has unknown key(s) {unknown} for kind '{kind}'; "
+                              f"valid: {', '.join(sorted(SPLITS[kind][1]))}")
+        only = table.get("datasets")
+        if only is not None:
+            for name in only:
+                if name not in dataset_names:
+                    raise ConfigError(f"{source}: splits[{i}].datasets names '{name}', which is not in [[datasets]]")
+        splits.append(SplitSpec(kind, params, only))
+
+    models = []
+    labels: set[str] = set()
+    for i, table in enumerate(raw["models"]):
+        where = f"models[{i}]."
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: models[{i}] must be a table")
+        _check_keys(table, _MODEL, where, source)
+        _require(table, "name", f"models[{i}]", source)
+        _known(registry.models, table["name"], f"models[{i}].name", source)
+        spec = ModelSpec(table["name"], dict(table.get("params", {})), table.get("label", ""))
+        if spec.label in labels:
+            raise ConfigError(f"{source}: two models share the label '{spec.label}'; give one a distinct 'label'")
+        labels.add(spec.label)
+        _check_model_params(spec, f"models[{i}].params", source)
+        models.append(spec)
+
+    ev_raw = raw.get("evaluation", {})
+    _check_keys(ev_raw, _EVAL, "evaluation.", source)
+    evaluation = EvaluationSpec(**{k: copy.deepcopy(v) for k, v in ev_raw.items()})
+    if not evaluation.k or not all(isinstance(k, int) and k >= 1 for k in evaluation.k):
+        raise ConfigError(f"{source}: evaluation.k must be a non-empty list of integers >= 1, got {evaluation.k!r}")
+    for name in evaluation.metrics:
+        _known(registry.metrics, name, "evaluation.metrics", source)
+    if evaluation.bootstrap < 0 or evaluation.batch_size < 0 or evaluation.max_test_users < 0:
+        raise ConfigError(f"{source}: evaluation.bootstrap, batch_size and max_test_users must be >= 0")
+
+    return SuiteConfig(name=raw["name"], description=raw.get("description", ""), seeds=list(seeds), device=device,
+                       datasets=datasets, splits=splits, models=models, evaluation=evaluation, source=source)
+
+
+def _check_model_params(spec: ModelSpec, where: str, source: str) -> None:
+    """Unknown parameter names are caught before anything runs, not mid-suite."""
+    cls = registry.models.get(spec.name)
+    defaults = getattr(cls, "default_params", None)
+    if defaults is None:
+        return
+    unknown = sorted(set(spec.params) - set(defaults))
+    if unknown:
+        bad = unknown[0]
+        raise ConfigError(f"{source}: {where} has unknown parameter '{bad}' for model '{spec.name}'; "
+                          f"{suggest(bad, list(defaults))}valid: {', '.join(sorted(defaults)) or '(none)'}")
+
+
+# -- loading -----------------------------------------------------------------
+
+def builtin_suites() -> dict[str, Path]:
+    """Suites shipped as package data, plus any registered through entry points."""
+    return {name: Path(str(registry.suites.get(name))) for name in registry.suites.names()}
+
+
+for _path in sorted(Path(str(resources.files("bench.suites"))).glob("*.toml")):
+    registry.suites.register(_path.stem, _path)
+
+
+def load_suite(name_or_path: str) -> SuiteConfig:
+    """Load a built-in suite by name or a suite file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"suite file {path} does not exist")
+        source = str(path)
+    else:
+        known = builtin_suites()
+        if name_or_path not in known:
+            raise ConfigError(f"unknown suite '{name_or_path}'; {suggest(name_or_path, list(known))}"
+                              f"available: {', '.join(known)} (or pass a path to a .toml file)")
+        path = known[name_or_path]
+        source = f"builtin suite '{name_or_path}' ({path})"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot be read ({exc})") from exc
+    return parse_suite(raw, source)

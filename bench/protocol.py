@@ -1,0 +1,215 @@
+"""The narrow, batch-first model protocol every recommender implements.
+
+``fit(train)`` once, then ``recommend(user_ids, k, *, history, candidates,
+exclude) -> (items[n, k], scores[n, k])`` as often as the harness likes (fit once,
+sweep query-time settings). Optional abilities are declared in
+:class:`Capabilities`; the harness only asks for what a model declares, and a
+model asked for something it cannot do raises ``NotImplementedError``.
+
+Models see training interactions and side information only (:class:`TrainData`):
+never the dataset object, so test interactions cannot leak in by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from bench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can serve beyond warm users and warm items."""
+
+    cold_users: bool = False  # users absent from training, served from `history` (k-shot)
+    cold_users_zero_shot: bool = False  # ... even with an empty history
+    cold_items: bool = False  # items without training interactions, from side information
+    update: bool = False  # incremental update(new interactions) without refitting
+    devices: tuple[str, ...] = ("cpu",)
+    deterministic: bool = True  # same seed and params -> identical output
+    nondeterminism: str = ""  # why not, when deterministic is False
+
+    def supports(self, need: str) -> bool:
+        """Whether a segment needing ``need`` (see bench.splits.Segment) can be served."""
+        return need == "warm" or bool(getattr(self, need))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class SideInfo:
+    """Everything about users and items except their interactions."""
+
+    n_users: int
+    n_items: int
+    item_text: list[str]
+    item_categories: sp.csr_matrix
+    category_names: list[str]
+    item_features: sp.csr_matrix
+    item_feature_names: list[str]
+    user_features: sp.csr_matrix | None
+    user_feature_names: list[str]
+    dataset_name: str = ""
+
+
+@dataclass
+class TrainData:
+    """The training interactions (row-aligned arrays) plus side information."""
+
+    user: np.ndarray
+    item: np.ndarray
+    weight: np.ndarray
+    timestamp: np.ndarray | None
+    side: SideInfo
+    _matrix: sp.csr_matrix | None = field(default=None, repr=False)
+
+    @property
+    def n_users(self) -> int:
+        return self.side.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.side.n_items
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        """User x item CSR of implicit weights (cached)."""
+        if self._matrix is None:
+            self._matrix = sp.csr_matrix((self.weight, (self.user, self.item)),
+                                         shape=(self.n_users, self.n_items), dtype=np.float32)
+            self._matrix.sum_duplicates()
+        return self._matrix
+
+    def histories(self) -> list[np.ndarray]:
+        """Each user's training items in time order (insertion order without timestamps)."""
+        key = self.timestamp if self.timestamp is not None else np.arange(len(self.user))
+        order = np.lexsort((key, self.user))
+        bounds = np.searchsorted(self.user[order], np.arange(self.n_users + 1))
+        items = self.item[order]
+        return [items[bounds[u]:bounds[u + 1]] for u in range(self.n_users)]
+
+
+def history_matrix(history: list[np.ndarray], n_items: int, weight: float = 1.0) -> sp.csr_matrix:
+    """CSR [len(history), n_items] with ``weight`` at each history item."""
+    lengths = np.array([len(h) for h in history], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indices = np.concatenate(history).astype(np.int32) if lengths.sum() else np.zeros(0, np.int32)
+    data = np.full(len(indices), weight, dtype=np.float32)
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(len(history), n_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = weight
+    return matrix
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest entries of each row, best first.
+
+    Ties are broken by the lower column index, so results do not depend on how
+    users are batched.
+    """
+    n, m = scores.shape
+    k = min(k, m)
+    if k < m:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(m), (n, m)).copy()
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    idx = np.take_along_axis(part, order, axis=1)
+    return idx, np.take_along_axis(scores, idx, axis=1)
+
+
+def mask_and_rank(scores: np.ndarray, k: int, *, candidates: np.ndarray | None = None,
+                  exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Turn dense scores [n, n_items] into top-k, honouring candidates and exclusions.
+
+    ``candidates`` is a shared 1-D item array or a per-user 2-D array; excluded
+    items and non-candidates can never be returned.
+    """
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    if exclude is not None and exclude.nnz:
+        coo = exclude.tocoo()
+        scores[coo.row, coo.col] = -np.inf
+    if candidates is None:
+        return top_k(scores, k)
+    cand = np.asarray(candidates)
+    if cand.ndim == 1:
+        cand = np.broadcast_to(cand, (scores.shape[0], cand.size))
+    sub = np.take_along_axis(scores, cand, axis=1)
+    idx, vals = top_k(sub, k)
+    return np.take_along_axis(cand, idx, axis=1), vals
+
+
+class Recommender:
+    """Base class for plug-ins. Subclasses set ``capabilities`` and ``default_params``.
+
+    The simplest model implements :meth:`fit` and :meth:`score` (dense scores for
+    all items); :meth:`recommend` then handles candidates, exclusions and top-k.
+    Models with their own fast top-k (implicit, ANN indexes) override
+    :meth:`recommend` instead.
+    """
+
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    default_params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, *, seed: int = 0, device: str = "cpu", **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.default_params))
+        if unknown:
+            valid = ", ".join(sorted(self.default_params)) or "(none)"
+            raise ConfigError(f"model '{self.name or type(self).__name__}': unknown parameter(s) "
+                              f"{', '.join(unknown)}; valid: {valid}")
+        self.seed = seed
+        self.device = resolve_device(device, self.capabilities)
+        self.params: dict[str, Any] = {**self.default_params, **params}
+
+    # -- required --------------------------------------------------------------
+    def fit(self, train: TrainData) -> None:
+        raise NotImplementedError
+
+    def score(self, user_ids: np.ndarray, history: list[np.ndarray] | None = None) -> np.ndarray:
+        """Dense scores [len(user_ids), n_items]; ``history`` replaces training data for cold users."""
+        raise NotImplementedError
+
+    # -- provided --------------------------------------------------------------
+    def recommend(self, user_ids: np.ndarray, k: int, *, history: list[np.ndarray] | None = None,
+                  candidates: np.ndarray | None = None,
+                  exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item ids and scores per user, best first."""
+        return mask_and_rank(self.score(np.asarray(user_ids), history), k, candidates=candidates, exclude=exclude)
+
+    def update(self, new: TrainData) -> None:
+        """Absorb new interactions without a full refit (capability ``update``)."""
+        raise NotImplementedError(f"model '{self.name}' cannot update incrementally")
+
+    def size_bytes(self) -> int:
+        """Bytes of learned state (factors, index...), for the systems table."""
+        return 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params, "seed": self.seed, "device": self.device,
+                "capabilities": self.capabilities.as_dict()}
+
+
+def resolve_device(device: str, capabilities: Capabilities) -> str:
+    """Map ``auto`` to CUDA when present and supported, else CPU; refuse unsupported devices."""
+    if device == "auto":
+        if "cuda" in capabilities.devices:
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    return "cuda"
+            except ImportError:
+                pass
+        return "cpu"
+    base = device.split(":")[0]
+    if base not in capabilities.devices:
+        raise ConfigError(f"device '{device}' is not supported by this model; supported: "
+                          f"{', '.join(capabilities.devices)} or auto")
+    return device

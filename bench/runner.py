@@ -1,0 +1,315 @@
+"""Runs a suite: every dataset x seed x split x model cell, on identical splits.
+
+Each cell fits once, recommends for every test user of every segment (warm,
+each k-shot level, cold items), checks the output, persists the raw top-k and
+per-user metric values, and only then scores. A cell that raises is recorded as
+failed with its traceback and the suite goes on. Cell results are written
+atomically as they finish, so a killed run keeps every finished cell and
+``--resume`` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from bench import metrics as metric_lib
+from bench import provenance, registry
+from bench.config import DatasetSpec, ModelSpec, SplitSpec, SuiteConfig
+from bench.data import DataOptions, Dataset, load_dataset
+from bench.errors import ConfigError
+from bench.protocol import Recommender, SideInfo, TrainData
+from bench.results import ResultRow, atomic_write_json, atomic_write_npz, write_tables
+from bench.splits import Segment, Split, make_split
+from bench.stats import bootstrap_ci
+from bench.validation import validate_topk
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    cells: int
+    failed: int
+    skipped: int
+    frame: pd.DataFrame
+    failures: list[str] = field(default_factory=list)
+
+
+def side_info(dataset: Dataset) -> SideInfo:
+    return SideInfo(
+        n_users=dataset.n_users, n_items=dataset.n_items, item_text=dataset.item_text,
+        item_categories=dataset.item_categories, category_names=dataset.category_names,
+        item_features=dataset.item_features, item_feature_names=dataset.item_feature_names,
+        user_features=dataset.user_features, user_feature_names=dataset.user_feature_names,
+        dataset_name=dataset.name,
+    )
+
+
+def train_data(dataset: Dataset, rows: np.ndarray) -> TrainData:
+    ts = None if dataset.timestamp is None else dataset.timestamp[rows]
+    return TrainData(dataset.user[rows], dataset.item[rows], dataset.weight[rows], ts, side_info(dataset))
+
+
+def cell_id(dataset: DatasetSpec, split: SplitSpec, model: ModelSpec, seed: int, config: SuiteConfig) -> str:
+    """Stable identity of a cell: same config, same id (used by resume and skip)."""
+    key = {"dataset": asdict(dataset), "split": {"kind": split.kind, "params": split.params},
+           "model": asdict(model), "seed": seed, "evaluation": asdict(config.evaluation), "device": config.device}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def new_run_id(config: SuiteConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    digest = hashlib.sha256(json.dumps(config.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"{config.name}-{stamp}-{digest}"
+
+
+# -- scoring -------------------------------------------------------------------
+
+@dataclass
+class SegmentData:
+    """The users, their test items and their history for one segment."""
+
+    segment: Segment
+    users: np.ndarray  # sorted unique test users (possibly sampled)
+    test_users: np.ndarray
+    test_items: np.ndarray
+    history: list[np.ndarray] | None
+    exclude: sp.csr_matrix | None
+    candidates: np.ndarray | None
+
+
+def segment_data(dataset: Dataset, split: Split, segment: Segment, train_matrix: sp.csr_matrix,
+                 exclude_train: bool, max_users: int) -> SegmentData:
+    users = np.unique(dataset.user[split.test])
+    if max_users and len(users) > max_users:
+        # Same seeded sample for every model of the cell (it depends on the split only).
+        rng = np.random.default_rng([split.seed, int(split.fingerprint[:8], 16)])
+        users = np.sort(rng.choice(users, max_users, replace=False))
+    keep = np.isin(dataset.user[split.test], users)
+    test_users, test_items = dataset.user[split.test][keep], dataset.item[split.test][keep]
+    history = None
+    exclude = None
+    if segment.history_rows is not None:
+        rows = segment.history_rows
+        owner = np.searchsorted(users, dataset.user[rows])
+        valid = (owner < len(users)) & (users[np.minimum(owner, len(users) - 1)] == dataset.user[rows])
+        rows, owner = rows[valid], owner[valid]
+        bounds = np.searchsorted(owner, np.arange(len(users) + 1))
+        items = dataset.item[rows]
+        history = [items[bounds[i]:bounds[i + 1]] for i in range(len(users))]
+        from bench.protocol import history_matrix
+
+        exclude = history_matrix(history, dataset.n_items)
+    elif exclude_train:
+        exclude = train_matrix[users]
+    return SegmentData(segment, users, test_users, test_items, history, exclude, segment.candidates)
+
+
+def score_lists(items: np.ndarray, data: SegmentData, dataset: Dataset, popularity: np.ndarray,
+                n_train_users: int, metric_names: list[str], ks: list[int]) -> metric_lib.MetricTable:
+    hits, n_rel = metric_lib.hit_matrix(items, data.users, data.test_users, data.test_items, dataset.n_items)
+    n_candidates = dataset.n_items if data.candidates is None else len(data.candidates)
+    inputs = metric_lib.EvalInputs(items=items, hits=hits, n_relevant=n_rel, n_candidates=n_candidates,
+                                   item_popularity=popularity, n_train_users=n_train_users,
+                                   item_categories=dataset.item_categories)
+    return metric_lib.compute(inputs, metric_names, ks)
+
+
+# -- the cell ------------------------------------------------------------------
+
+class CellRunner:
+    """Runs one model on one split and writes its folder."""
+
+    def __init__(self, config: SuiteConfig, run_id: str, run_dir: Path, dataset: Dataset, dspec: DatasetSpec,
+                 split: Split, sspec: SplitSpec, train: TrainData, seed: int) -> None:
+        self.config, self.run_id, self.run_dir = config, run_id, run_dir
+        self.dataset, self.dspec, self.split, self.sspec, self.train, self.seed = dataset, dspec, split, sspec, train, seed
+        self.popularity = np.bincount(train.item, minlength=dataset.n_items)
+        self.n_train_users = int(np.unique(train.user).size)
+        self.metric_names = config.evaluation.metrics or list(metric_lib.DEFAULT_METRICS)
+        self.ks = sorted(config.evaluation.k)
+
+    def base_row(self, mspec: ModelSpec, params: dict[str, Any], cid: str) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "suite": self.config.name, "dataset": self.dataset.name,
+            "conversion": self.dataset.info.get("conversion", ""), "split": self.split.kind,
+            "split_params": json.dumps(self.split.params, sort_keys=True, default=str),
+            "split_fingerprint": self.split.fingerprint, "protocol": "full", "seed": self.seed,
+            "model": mspec.label, "model_name": mspec.name, "params": json.dumps(params, sort_keys=True, default=str),
+            "cell_id": cid,
+        }
+
+    def run(self, mspec: ModelSpec, cid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        cell_dir = self.run_dir / "cells" / cid
+        info: dict[str, Any] = {"cell_id": cid, "dataset": self.dspec.name, "split": self.split.kind,
+                                "split_fingerprint": self.split.fingerprint, "model": mspec.label,
+                                "model_name": mspec.name, "seed": self.seed, "segments": {}}
+        rows: list[dict[str, Any]] = []
+        base = self.base_row(mspec, mspec.params, cid)
+        try:
+            cls = registry.models.get(mspec.name)
+            model: Recommender = cls(seed=self.seed, device=self.config.device, **mspec.params)
+            base = self.base_row(mspec, model.params, cid)
+            info["model_description"] = model.describe()
+            wall, cpu = time.perf_counter(), time.process_time()
+            model.fit(self.train)
+            fit_wall, fit_cpu = time.perf_counter() - wall, time.process_time() - cpu
+            info["fit_seconds"], info["fit_cpu_seconds"] = fit_wall, fit_cpu
+            for name, value in (("fit_seconds", fit_wall), ("fit_cpu_seconds", fit_cpu),
+                                ("model_bytes", float(model.size_bytes()))):
+                rows.append(self.system_row(base, "fit", name, value))
+            for segment in self.split.segments(self.dataset):
+                rows.extend(self.run_segment(model, mspec, segment, base, cell_dir, info))
+            info["status"] = "ok"
+        except Exception as exc:  # one broken model must not end the suite
+            info["status"] = "failed"
+            info["error"] = f"{type(exc).__name__}: {exc}"
+            info["traceback"] = traceback.format_exc()
+            rows = [r for r in rows if r["status"] == "ok"] + [
+                base | {"segment": "-", "metric": "error", "k": 0, "value": float("nan"), "ci_low": float("nan"),
+                        "ci_high": float("nan"), "n": 0, "status": "failed"}]
+        info["rows"] = rows
+        atomic_write_json(cell_dir / "cell.json", info)  # written last: its presence marks the cell done
+        return rows, info
+
+    @staticmethod
+    def system_row(base: dict[str, Any], segment: str, metric: str, value: float) -> dict[str, Any]:
+        return base | {"segment": segment, "metric": metric, "k": 0, "value": float(value),
+                       "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "status": "ok"}
+
+    def run_segment(self, model: Recommender, mspec: ModelSpec, segment: Segment, base: dict[str, Any],
+                    cell_dir: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+        ev = self.config.evaluation
+        if not model.capabilities.supports(segment.needs):
+            info["segments"][segment.name] = {"status": "unsupported", "needs": segment.needs}
+            return [base | {"segment": segment.name, "metric": name, "k": k, "value": float("nan"),
+                            "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "status": "unsupported"}
+                    for name in self.metric_names for k in self.ks]
+        data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train, ev.max_test_users)
+        k_max = self.ks[-1]
+        batch = ev.batch_size or len(data.users)
+        items_parts, score_parts = [], []
+        start = time.perf_counter()
+        for lo in range(0, len(data.users), batch):
+            hi = lo + batch
+            hist = None if data.history is None else data.history[lo:hi]
+            excl = None if data.exclude is None else data.exclude[lo:hi]
+            items, scores = model.recommend(data.users[lo:hi], k_max, history=hist, candidates=data.candidates,
+                                            exclude=excl)
+            items, scores = validate_topk(mspec.label, items, scores, n_users=len(data.users[lo:hi]), k=k_max,
+                                          n_items=self.dataset.n_items, exclude=excl, candidates=data.candidates)
+            items_parts.append(items)
+            score_parts.append(scores)
+        seconds = time.perf_counter() - start
+        items = np.concatenate(items_parts)
+        scores = np.concatenate(score_parts)
+        atomic_write_npz(cell_dir / f"topk-{segment.name}.npz", users=data.users, items=items, scores=scores)
+        table = score_lists(items, data, self.dataset, self.popularity, self.n_train_users, self.metric_names, self.ks)
+        atomic_write_npz(cell_dir / f"per_user-{segment.name}.npz", users=data.users, values=table.per_user,
+                         columns=np.array([f"{m}@{k}" for m, k in table.columns]))
+        low, high = (bootstrap_ci(table.per_user, ev.bootstrap, seed=self.seed) if ev.bootstrap
+                     else (np.full(len(table.columns), np.nan),) * 2)
+        rows = []
+        for j, (name, k) in enumerate(table.columns):
+            if (name, k) in table.aggregate:
+                value, lo_, hi_, n = table.aggregate[(name, k)], float("nan"), float("nan"), len(data.users)
+            else:
+                value, lo_, hi_, n = float(table.per_user[:, j].mean()), float(low[j]), float(high[j]), len(data.users)
+            rows.append(base | {"segment": segment.name, "metric": name, "k": k, "value": value, "ci_low": lo_,
+                                "ci_high": hi_, "n": n, "status": "ok"})
+        rows.append(self.system_row(base, segment.name, "recommend_seconds", seconds))
+        rows.append(self.system_row(base, segment.name, "users_per_second", len(data.users) / max(seconds, 1e-12)))
+        info["segments"][segment.name] = {"status": "ok", "users": int(len(data.users)), "recommend_seconds": seconds}
+        return rows
+
+
+# -- the suite -----------------------------------------------------------------
+
+def plan_cells(config: SuiteConfig) -> list[tuple[DatasetSpec, int, SplitSpec, ModelSpec]]:
+    cells = []
+    for dspec in config.datasets:
+        for seed in config.seeds:
+            for sspec in config.splits:
+                if sspec.datasets is not None and dspec.name not in sspec.datasets:
+                    continue
+                for mspec in config.models:
+                    cells.append((dspec, seed, sspec, mspec))
+    return cells
+
+
+def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), data: DataOptions | None = None,
+              run_dir: Path | None = None, force: bool = False, progress: Progress | None = stderr_progress) -> RunSummary:
+    """Run every cell of ``config``; finished cells in ``run_dir`` are kept unless ``force``."""
+    data = data or DataOptions()
+    say = progress or (lambda _msg: None)
+    if run_dir is None:
+        run_id = new_run_id(config)
+        run_dir = Path(out_root) / run_id
+    else:
+        run_id = Path(run_dir).name
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", config.as_dict())
+    prov = provenance.collect(config.device)
+    atomic_write_json(run_dir / "provenance.json", prov)
+
+    cells = plan_cells(config)
+    all_rows: list[dict[str, Any]] = []
+    failures: list[str] = []
+    skipped = 0
+    started = time.perf_counter()
+    dataset_cache: dict[str, Dataset] = {}
+    split_cache: dict[tuple[str, int, str], tuple[Split, TrainData]] = {}
+    for index, (dspec, seed, sspec, mspec) in enumerate(cells, 1):
+        cid = cell_id(dspec, sspec, mspec, seed, config)
+        done_file = run_dir / "cells" / cid / "cell.json"
+        label = f"[{index}/{len(cells)}] {dspec.name} {sspec.kind} seed={seed} {mspec.label}"
+        if done_file.exists() and not force:
+            info = json.loads(done_file.read_text(encoding="utf-8"))
+            all_rows.extend(info["rows"])
+            skipped += 1
+            if info.get("status") == "failed":
+                failures.append(f"{label}: {info.get('error')}")
+            say(f"{label}: already done ({info.get('status')}), skipped")
+            continue
+        dkey = json.dumps(asdict(dspec), sort_keys=True, default=str)
+        if dkey not in dataset_cache:
+            dataset_cache[dkey] = load_dataset(dspec.name, data, dspec.implicit, **dspec.params)
+        dataset = dataset_cache[dkey]
+        skey = (dkey, seed, json.dumps({"kind": sspec.kind, "params": sspec.params}, sort_keys=True, default=str))
+        if skey not in split_cache:
+            split = make_split(dataset, sspec.kind, seed, **sspec.params)
+            atomic_write_npz(run_dir / "splits" / f"{split.fingerprint}.npz", train=split.train, test=split.test,
+                             valid=split.valid, history=split.history, cold_users=split.cold_users,
+                             cold_items=split.cold_items)
+            split_cache[skey] = (split, train_data(dataset, split.train))
+        split, train = split_cache[skey]
+        cell_start = time.perf_counter()
+        runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
+        rows, info = runner.run(mspec, cid)
+        all_rows.extend(rows)
+        status = info["status"]
+        if status == "failed":
+            failures.append(f"{label}: {info['error']}")
+        write_tables(run_dir, all_rows, prov)
+        say(f"{label}: {status} in {time.perf_counter() - cell_start:.1f}s "
+            f"(elapsed {time.perf_counter() - started:.0f}s)")
+    frame = write_tables(run_dir, all_rows, prov)
+    return RunSummary(run_dir, len(cells), len(failures), skipped, frame, failures)
