@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -32,14 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = sub.add_parser("run", help="run a suite and write results to reports/runs/<run-id>/")
-    run.add_argument("--suite", required=True, help="built-in suite name (see `bench list suites`) or a .toml path")
+    run.add_argument("--suite", help="built-in suite name (see `bench list suites`) or a .toml path "
+                                    "(optional with --resume)")
     run.add_argument("--dataset", action="append", default=[], help="run only this dataset (repeatable)")
     run.add_argument("--model", action="append", default=[], help="run only this model (repeatable)")
     run.add_argument("--seed", action="append", type=int, default=[], help="use this seed instead (repeatable)")
     run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the suite's device")
     run.add_argument("--out", type=Path, default=Path("reports/runs"), help="folder that receives the run folder")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
-    run.add_argument("--force", action="store_true", help="with --resume: re-run finished cells too")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue an interrupted run in RUN_DIR with the config stored there")
+    run.add_argument("--force", action="store_true", help="re-run cells that already finished")
     add_data_options(run)
 
     lst = sub.add_parser("list", help="list registered models, datasets, metrics or suites")
@@ -119,14 +122,23 @@ def summary_table(frame: pd.DataFrame) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.config import load_suite
+    from bench.config import config_from_dict, load_suite
     from bench.runner import run_suite
 
-    if args.force and not args.resume:
-        raise ConfigError("--force only makes sense with --resume RUN_DIR")
-    if args.resume is not None and not (args.resume / "config.json").is_file():
-        raise ConfigError(f"--resume {args.resume}: no config.json there; pass the folder of an earlier run")
-    config = apply_overrides(load_suite(args.suite), args)
+    if args.resume is not None:
+        stored = args.resume / "config.json"
+        if not stored.is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.json there; pass the folder of an earlier run")
+        if args.suite or args.dataset or args.model or args.seed:
+            raise ConfigError("--resume continues a run with the config stored in it; drop --suite/--dataset/"
+                              "--model/--seed (start a new run to change them)")
+        config = config_from_dict(json.loads(stored.read_text(encoding="utf-8")), str(stored))
+        if args.device:
+            config.device = args.device
+    elif args.suite:
+        config = apply_overrides(load_suite(args.suite), args)
+    else:
+        raise UsageError("bench run: error: give --suite NAME|PATH, or --resume RUN_DIR")
     summary = run_suite(config, out_root=args.out, data=data_options(args), run_dir=args.resume, force=args.force)
     print(summary_table(summary.frame))
     print(f"\nresults: {summary.run_dir / 'results.csv'} ({summary.cells} cells, {summary.failed} failed, "

@@ -31,6 +31,7 @@ from typing import Any
 
 from bench import registry
 from bench.errors import ConfigError
+from bench.execution import ExecutionSpec
 from bench.registry import suggest
 
 
@@ -82,6 +83,7 @@ class SuiteConfig:
     splits: list[SplitSpec] = field(default_factory=list)
     models: list[ModelSpec] = field(default_factory=list)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     source: str = ""  # where the config came from (file path or "builtin:NAME")
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,7 +95,8 @@ class SuiteConfig:
 # -- schema ------------------------------------------------------------------
 
 _TOP = {"name": str, "description": str, "seeds": list, "device": str, "datasets": list, "splits": list,
-        "models": list, "evaluation": dict}
+        "models": list, "evaluation": dict, "execution": dict}
+_EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int, float)}
 _DATASET = {"name": str, "params": dict, "implicit": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list}
 _MODEL = {"name": str, "params": dict, "label": str}
@@ -108,9 +111,10 @@ def _check_keys(table: dict[str, Any], schema: dict[str, type], where: str, sour
             raise ConfigError(f"{source}: unknown key '{where}{key}'; {suggest(key, list(schema))}"
                               f"valid keys here: {', '.join(schema)}")
         expected = schema[key]
-        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
         if not ok:
-            raise ConfigError(f"{source}: '{where}{key}' must be a {expected.__name__}, "
+            names = " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
+            raise ConfigError(f"{source}: '{where}{key}' must be a {names}, "
                               f"got {type(value).__name__} ({value!r})")
 
 
@@ -203,8 +207,28 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
     if evaluation.bootstrap < 0 or evaluation.batch_size < 0 or evaluation.max_test_users < 0:
         raise ConfigError(f"{source}: evaluation.bootstrap, batch_size and max_test_users must be >= 0")
 
+    ex_raw = raw.get("execution", {})
+    _check_keys(ex_raw, _EXECUTION, "execution.", source)
+    execution = ExecutionSpec(**ex_raw)
+    execution.validate(source)
+
     return SuiteConfig(name=raw["name"], description=raw.get("description", ""), seeds=list(seeds), device=device,
-                       datasets=datasets, splits=splits, models=models, evaluation=evaluation, source=source)
+                       datasets=datasets, splits=splits, models=models, evaluation=evaluation, execution=execution,
+                       source=source)
+
+
+def config_from_dict(stored: dict[str, Any], source: str) -> SuiteConfig:
+    """Rebuild a config saved by :meth:`SuiteConfig.as_dict` (``config.json`` of a run), re-validated."""
+
+    def drop_none(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: drop_none(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [drop_none(v) for v in value]
+        return value
+
+    raw = drop_none({k: v for k, v in stored.items() if k != "source"})
+    return parse_suite(raw, source)
 
 
 def _check_model_params(spec: ModelSpec, where: str, source: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -26,6 +27,16 @@ def git_state(start: Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit or None, "dirty": bool(status.strip()) if commit else None}
+
+
+def git_diff_digest(start: Path | None = None) -> str | None:
+    """Hash of uncommitted changes to tracked files (None when clean or outside git)."""
+    where = start or Path(__file__).resolve().parent
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD"], cwd=where, capture_output=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return hashlib.sha256(diff).hexdigest()[:16] if diff else None
 
 
 def package_versions() -> dict[str, str | None]:

@@ -16,7 +16,6 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,12 +71,6 @@ def cell_id(dataset: DatasetSpec, split: SplitSpec, model: ModelSpec, seed: int,
     key = {"dataset": asdict(dataset), "split": {"kind": split.kind, "params": split.params},
            "model": asdict(model), "seed": seed, "evaluation": asdict(config.evaluation), "device": config.device}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def new_run_id(config: SuiteConfig) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    digest = hashlib.sha256(json.dumps(config.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:6]
-    return f"{config.name}-{stamp}-{digest}"
 
 
 # -- scoring -------------------------------------------------------------------
@@ -156,11 +149,35 @@ class CellRunner:
             "cell_id": cid,
         }
 
+    def cell_dir(self, cid: str) -> Path:
+        return self.run_dir / "cells" / cid
+
+    def new_info(self, mspec: ModelSpec, cid: str) -> dict[str, Any]:
+        return {"cell_id": cid, "dataset": self.dspec.name, "split": self.split.kind,
+                "split_fingerprint": self.split.fingerprint, "model": mspec.label,
+                "model_name": mspec.name, "seed": self.seed, "segments": {}}
+
+    def load_done(self, cid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        info = json.loads((self.cell_dir(cid) / "cell.json").read_text(encoding="utf-8"))
+        return info["rows"], info
+
+    def record_failure(self, mspec: ModelSpec, cid: str, error: str, trace: str,
+                       info: dict[str, Any] | None = None,
+                       kept_rows: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Write a failed cell: the error, its traceback and any rows scored before it."""
+        info = info or self.new_info(mspec, cid)
+        info.update(status="failed", error=error, traceback=trace)
+        base = self.base_row(mspec, mspec.params, cid)
+        rows = [r for r in (kept_rows or []) if r["status"] == "ok"] + [
+            base | {"segment": "-", "metric": "error", "k": 0, "value": float("nan"), "ci_low": float("nan"),
+                    "ci_high": float("nan"), "n": 0, "status": "failed"}]
+        info["rows"] = rows
+        atomic_write_json(self.cell_dir(cid) / "cell.json", info)
+        return rows, info
+
     def run(self, mspec: ModelSpec, cid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        cell_dir = self.run_dir / "cells" / cid
-        info: dict[str, Any] = {"cell_id": cid, "dataset": self.dspec.name, "split": self.split.kind,
-                                "split_fingerprint": self.split.fingerprint, "model": mspec.label,
-                                "model_name": mspec.name, "seed": self.seed, "segments": {}}
+        cell_dir = self.cell_dir(cid)
+        info = self.new_info(mspec, cid)
         rows: list[dict[str, Any]] = []
         base = self.base_row(mspec, mspec.params, cid)
         try:
@@ -179,12 +196,8 @@ class CellRunner:
                 rows.extend(self.run_segment(model, mspec, segment, base, cell_dir, info))
             info["status"] = "ok"
         except Exception as exc:  # one broken model must not end the suite
-            info["status"] = "failed"
-            info["error"] = f"{type(exc).__name__}: {exc}"
-            info["traceback"] = traceback.format_exc()
-            rows = [r for r in rows if r["status"] == "ok"] + [
-                base | {"segment": "-", "metric": "error", "k": 0, "value": float("nan"), "ci_low": float("nan"),
-                        "ci_high": float("nan"), "n": 0, "status": "failed"}]
+            return self.record_failure(mspec, cid, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
+                                       info, rows)
         info["rows"] = rows
         atomic_write_json(cell_dir / "cell.json", info)  # written last: its presence marks the cell done
         return rows, info
@@ -254,17 +267,32 @@ def plan_cells(config: SuiteConfig) -> list[tuple[DatasetSpec, int, SplitSpec, M
     return cells
 
 
+def run_key(config: SuiteConfig) -> str:
+    """Hash of what decides a run's results: the config, the code version and the packages.
+
+    Two invocations with the same key share a run folder, so re-running a finished
+    suite reuses its finished cells (``force`` re-runs them). A dirty checkout
+    contributes the hash of its diff, so edited code never reuses stale cells.
+    """
+    payload = {"config": {k: v for k, v in config.as_dict().items() if k not in ("source", "execution")},
+               "git": provenance.git_state(), "diff": provenance.git_diff_digest(),
+               "packages": provenance.package_versions()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), data: DataOptions | None = None,
               run_dir: Path | None = None, force: bool = False, progress: Progress | None = stderr_progress) -> RunSummary:
-    """Run every cell of ``config``; finished cells in ``run_dir`` are kept unless ``force``."""
+    """Run every cell of ``config``; finished cells in the run folder are kept unless ``force``.
+
+    Without ``run_dir`` the folder is ``out_root/<suite>-<run key>``: the same
+    config on the same code lands in the same folder and resumes there.
+    """
+    from bench.execution import execute_cell
+
     data = data or DataOptions()
     say = progress or (lambda _msg: None)
-    if run_dir is None:
-        run_id = new_run_id(config)
-        run_dir = Path(out_root) / run_id
-    else:
-        run_id = Path(run_dir).name
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else Path(out_root) / f"{config.name}-{run_key(config)}"
+    run_id = run_dir.name
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config.as_dict())
     prov = provenance.collect(config.device)
@@ -277,39 +305,45 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     started = time.perf_counter()
     dataset_cache: dict[str, Dataset] = {}
     split_cache: dict[tuple[str, int, str], tuple[Split, TrainData]] = {}
-    for index, (dspec, seed, sspec, mspec) in enumerate(cells, 1):
-        cid = cell_id(dspec, sspec, mspec, seed, config)
-        done_file = run_dir / "cells" / cid / "cell.json"
-        label = f"[{index}/{len(cells)}] {dspec.name} {sspec.kind} seed={seed} {mspec.label}"
-        if done_file.exists() and not force:
-            info = json.loads(done_file.read_text(encoding="utf-8"))
-            all_rows.extend(info["rows"])
-            skipped += 1
-            if info.get("status") == "failed":
-                failures.append(f"{label}: {info.get('error')}")
-            say(f"{label}: already done ({info.get('status')}), skipped")
-            continue
-        dkey = json.dumps(asdict(dspec), sort_keys=True, default=str)
-        if dkey not in dataset_cache:
-            dataset_cache[dkey] = load_dataset(dspec.name, data, dspec.implicit, **dspec.params)
-        dataset = dataset_cache[dkey]
-        skey = (dkey, seed, json.dumps({"kind": sspec.kind, "params": sspec.params}, sort_keys=True, default=str))
-        if skey not in split_cache:
-            split = make_split(dataset, sspec.kind, seed, **sspec.params)
-            atomic_write_npz(run_dir / "splits" / f"{split.fingerprint}.npz", train=split.train, test=split.test,
-                             valid=split.valid, history=split.history, cold_users=split.cold_users,
-                             cold_items=split.cold_items)
-            split_cache[skey] = (split, train_data(dataset, split.train))
-        split, train = split_cache[skey]
-        cell_start = time.perf_counter()
-        runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
-        rows, info = runner.run(mspec, cid)
-        all_rows.extend(rows)
-        status = info["status"]
-        if status == "failed":
-            failures.append(f"{label}: {info['error']}")
-        write_tables(run_dir, all_rows, prov)
-        say(f"{label}: {status} in {time.perf_counter() - cell_start:.1f}s "
-            f"(elapsed {time.perf_counter() - started:.0f}s)")
+    try:
+        for index, (dspec, seed, sspec, mspec) in enumerate(cells, 1):
+            cid = cell_id(dspec, sspec, mspec, seed, config)
+            done_file = run_dir / "cells" / cid / "cell.json"
+            label = f"[{index}/{len(cells)}] {dspec.name} {sspec.kind} seed={seed} {mspec.label}"
+            if done_file.exists() and not force:
+                info = json.loads(done_file.read_text(encoding="utf-8"))
+                all_rows.extend(info["rows"])
+                skipped += 1
+                if info.get("status") == "failed":
+                    failures.append(f"{label}: {info.get('error')}")
+                say(f"{label}: already done ({info.get('status')}), reused (--force re-runs it)")
+                continue
+            dkey = json.dumps(asdict(dspec), sort_keys=True, default=str)
+            if dkey not in dataset_cache:
+                dataset_cache[dkey] = load_dataset(dspec.name, data, dspec.implicit, **dspec.params)
+            dataset = dataset_cache[dkey]
+            skey = (dkey, seed, json.dumps({"kind": sspec.kind, "params": sspec.params}, sort_keys=True, default=str))
+            if skey not in split_cache:
+                split = make_split(dataset, sspec.kind, seed, **sspec.params)
+                atomic_write_npz(run_dir / "splits" / f"{split.fingerprint}.npz", train=split.train, test=split.test,
+                                 valid=split.valid, history=split.history, cold_users=split.cold_users,
+                                 cold_items=split.cold_items)
+                split_cache[skey] = (split, train_data(dataset, split.train))
+            split, train = split_cache[skey]
+            cell_start = time.perf_counter()
+            runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
+            rows, info = execute_cell(runner, mspec, cid, config.execution)
+            all_rows.extend(rows)
+            status = info["status"]
+            if status == "failed":
+                failures.append(f"{label}: {info['error']}")
+            write_tables(run_dir, all_rows, prov)
+            say(f"{label}: {status} in {time.perf_counter() - cell_start:.1f}s "
+                f"(elapsed {time.perf_counter() - started:.0f}s)")
+    except KeyboardInterrupt:
+        write_tables(run_dir, all_rows, prov)  # everything finished so far stays
+        say(f"interrupted: finished cells are saved in {run_dir}; "
+            f"continue with: bench run --resume {run_dir}")
+        raise
     frame = write_tables(run_dir, all_rows, prov)
     return RunSummary(run_dir, len(cells), len(failures), skipped, frame, failures)
