@@ -68,3 +68,79 @@ class ALS(Recommender):
 
     def size_bytes(self) -> int:
         return int(self.model.user_factors.nbytes + self.model.item_factors.nbytes)
+
+
+class _ImplicitSGD(Recommender):
+    """Shared code of implicit's SGD-trained factor models (BPR, LMF).
+
+    Neither supports ``recalculate_user`` in implicit, so cold users are not
+    claimed. Training is Hogwild-style SGD: with several threads the updates
+    race and two runs with the same seed differ slightly, hence
+    ``deterministic=False`` by default; ``num_threads = 1`` gives bit-identical
+    runs (see :meth:`__init__`).
+    """
+
+    capabilities = Capabilities(
+        deterministic=False,
+        nondeterminism="implicit trains BPR/LMF with lock-free parallel SGD; set num_threads = 1 for identical runs")
+    library_class = ""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        if int(self.params.get("num_threads", 0)) == 1:  # single-threaded SGD is reproducible
+            self.capabilities = Capabilities(deterministic=True)
+
+    def make_model(self) -> object:
+        raise NotImplementedError
+
+    def fit(self, train: TrainData) -> None:
+        self.user_items = train.matrix
+        with threadpool_limits(1, "blas"):
+            self.model = self.make_model()
+            self.model.fit(self.user_items, show_progress=False)
+        self.user_factors = np.asarray(self.model.user_factors)
+        self.item_factors = np.asarray(self.model.item_factors)
+
+    def score(self, user_ids: np.ndarray, history: list[np.ndarray] | None = None) -> np.ndarray:
+        if history is not None:
+            raise NotImplementedError(f"model '{self.name}' cannot fold in cold users (implicit has no "
+                                      f"recalculate_user for it)")
+        users = self.user_factors[np.asarray(user_ids)].astype(np.float64)
+        # einsum (no BLAS) keeps each user's scores identical whatever the batch size.
+        return np.einsum("uf,if->ui", users, self.item_factors.astype(np.float64))
+
+    def size_bytes(self) -> int:
+        return int(self.user_factors.nbytes + self.item_factors.nbytes)
+
+
+class BPR(_ImplicitSGD):
+    """implicit's BayesianPersonalizedRanking (Rendle et al. 2009), implicit's own parameter names.
+
+    Defaults are implicit's (factors 100, lr 0.01, reg 0.01, 100 iterations).
+    implicit adds an item-bias column to the factors, so scores include it.
+    """
+
+    name = "bpr"
+    default_params = {"factors": 100, "learning_rate": 0.01, "regularization": 0.01, "iterations": 100,
+                      "verify_negative_samples": True, "num_threads": 0}
+
+    def make_model(self) -> object:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        return BayesianPersonalizedRanking(random_state=self.seed, **self.params)
+
+
+class LMF(_ImplicitSGD):
+    """implicit's LogisticMatrixFactorization (Johnson 2014), implicit's own parameter names.
+
+    Defaults are implicit's (factors 30, lr 1.0, reg 0.6, 30 iterations, neg_prop 30).
+    """
+
+    name = "lmf"
+    default_params = {"factors": 30, "learning_rate": 1.0, "regularization": 0.6, "iterations": 30,
+                      "neg_prop": 30, "num_threads": 0}
+
+    def make_model(self) -> object:
+        from implicit.cpu.lmf import LogisticMatrixFactorization
+
+        return LogisticMatrixFactorization(random_state=self.seed, **self.params)
