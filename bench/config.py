@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bench import registry
+from bench import grid, registry
 from bench.errors import ConfigError
 from bench.execution import ExecutionSpec
 from bench.registry import suggest
@@ -58,6 +58,8 @@ class ModelSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    grid_of: str = ""  # set on grid points: the label of the grid they came from (bench.grid)
+    select_by: str = ""  # grid points: validation metric that picks the winner, e.g. "ndcg@10"
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -99,7 +101,7 @@ _TOP = {"name": str, "description": str, "seeds": list, "device": str, "datasets
 _EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int, float)}
 _DATASET = {"name": str, "params": dict, "implicit": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list}
-_MODEL = {"name": str, "params": dict, "label": str}
+_MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
          "max_test_users": int}
 _DEVICES = ("cpu", "cuda", "auto")
@@ -190,12 +192,14 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
         _check_keys(table, _MODEL, where, source)
         _require(table, "name", f"models[{i}]", source)
         _known(registry.models, table["name"], f"models[{i}].name", source)
-        spec = ModelSpec(table["name"], dict(table.get("params", {})), table.get("label", ""))
-        if spec.label in labels:
-            raise ConfigError(f"{source}: two models share the label '{spec.label}'; give one a distinct 'label'")
-        labels.add(spec.label)
-        _check_model_params(spec, f"models[{i}].params", source)
-        models.append(spec)
+        base = ModelSpec(table["name"], dict(table.get("params", {})), table.get("label", ""),
+                         grid_of=table.get("grid_of", ""), select_by=table.get("select_by", ""))
+        for spec in grid.expand(base, table, f"models[{i}]", source):  # one spec per grid point
+            if spec.label in labels:
+                raise ConfigError(f"{source}: two models share the label '{spec.label}'; give one a distinct 'label'")
+            labels.add(spec.label)
+            _check_model_params(spec, f"models[{i}].params", source)
+            models.append(spec)
 
     ev_raw = raw.get("evaluation", {})
     _check_keys(ev_raw, _EVAL, "evaluation.", source)

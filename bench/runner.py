@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bench import metrics as metric_lib
-from bench import provenance, registry
+from bench import grid, provenance, registry
 from bench.config import DatasetSpec, ModelSpec, SplitSpec, SuiteConfig
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.errors import ConfigError
@@ -194,6 +194,7 @@ class CellRunner:
                 rows.append(self.system_row(base, "fit", name, value))
             for segment in self.split.segments(self.dataset):
                 rows.extend(self.run_segment(model, mspec, segment, base, cell_dir, info))
+            rows.extend(grid.validation_rows(self, mspec, base))  # grid points only: score on a carve of train
             info["status"] = "ok"
         except Exception as exc:  # one broken model must not end the suite
             return self.record_failure(mspec, cid, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
@@ -345,5 +346,6 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
         say(f"interrupted: finished cells are saved in {run_dir}; "
             f"continue with: bench run --resume {run_dir}")
         raise
+    all_rows.extend(grid.selection_rows(all_rows, config.models))  # grids: pick each winner on validation
     frame = write_tables(run_dir, all_rows, prov)
     return RunSummary(run_dir, len(cells), len(failures), skipped, frame, failures)

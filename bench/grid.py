@@ -1,0 +1,206 @@
+"""Parameter grids with selection on a validation split carved from train (never test).
+
+A model table in a suite may carry a grid::
+
+    [[models]]
+    name = "als"
+    params = { iterations = 15 }
+    grid = { factors = [32, 64], regularization = [0.01, 0.1] }
+    select_by = "ndcg@10"          # optional; the default
+
+The suite then holds one model per grid point, labelled ``als[factors=32,regularization=0.01]``
+and so on; each is fitted on the split's training data and reported on test like any
+other model. Each grid point also gets a second fit on *train minus a validation
+carve* and is scored on that carve (rows with ``segment = "valid"``). When the suite
+ends, the point with the best validation score is copied under the group label
+(``als``) with ``segment``/``metric`` rows identical to its test rows, and a
+``segment = "selection", metric = "selected"`` row (value 1 for the winner, 0 for
+the others) records the choice. Test numbers never influence the choice.
+
+The carve mirrors the split: ``temporal`` cuts the latest ``VALID_FRACTION`` of
+training time (scored on users and items seen before the cut), ``leave_last_out``
+holds out each user's latest training interaction (or uses the split's own
+``validation = true`` rows), every other kind holds out a seeded random
+``VALID_FRACTION`` of each user's training interactions (warm users only, so
+cold-start splits select on warm validation).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bench import metrics as metric_lib
+from bench import registry
+from bench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bench.config import ModelSpec
+    from bench.data import Dataset
+    from bench.runner import CellRunner
+    from bench.splits import Split
+
+DEFAULT_SELECT_BY = "ndcg@10"
+VALID_FRACTION = 0.1
+
+
+# -- config: expanding a grid -----------------------------------------------------
+
+def parse_select_by(text: str, where: str, source: str) -> tuple[str, int]:
+    """``"ndcg@10"`` -> ("ndcg", 10), with a clear error otherwise."""
+    name, _, k = text.partition("@")
+    if name not in registry.metrics or not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"{source}: {where}.select_by = '{text}' must be METRIC@K with a registered per-user "
+                          f"metric, e.g. 'ndcg@10'; metrics: {', '.join(registry.metrics.names())}")
+    metric = metric_lib.get_metric(name)
+    if not metric.per_user:
+        raise ConfigError(f"{source}: {where}.select_by = '{text}': '{name}' is not a per-user metric")
+    return name, int(k)
+
+
+def expand(spec: ModelSpec, table: dict[str, Any], where: str, source: str) -> list[ModelSpec]:
+    """One :class:`ModelSpec` per grid point (or ``[spec]`` when the table has no grid)."""
+    from bench.config import ModelSpec
+
+    grid = table.get("grid")
+    if not grid:
+        if "select_by" in table and not spec.grid_of:
+            raise ConfigError(f"{source}: {where}.select_by needs a {where}.grid to select from")
+        return [spec]
+    select_by = table.get("select_by", DEFAULT_SELECT_BY)
+    parse_select_by(select_by, where, source)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: {where}.grid.{key} must be a non-empty list of values, got {values!r}")
+        if key in spec.params:
+            raise ConfigError(f"{source}: '{key}' is both in {where}.params and {where}.grid; keep it in one")
+    keys = sorted(grid)
+    points = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        label = f"{spec.label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
+        points.append(ModelSpec(spec.name, spec.params | point, label, grid_of=spec.label, select_by=select_by))
+    return points
+
+
+# -- the runner: validation carve and scoring ----------------------------------------
+
+def validation_carve(dataset: Dataset, split: Split, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows to fit on, validation rows), both subsets of the split's training rows."""
+    train = split.train
+    if split.valid.size:
+        return train, split.valid
+    users, items = dataset.user[train], dataset.item[train]
+    if split.kind == "temporal" and dataset.timestamp is not None:
+        times = dataset.timestamp[train]
+        cut = np.quantile(times, 1.0 - VALID_FRACTION)
+        fit, later = train[times < cut], train[times >= cut]
+        seen_users = np.zeros(dataset.n_users, bool)
+        seen_users[dataset.user[fit]] = True
+        seen_items = np.zeros(dataset.n_items, bool)
+        seen_items[dataset.item[fit]] = True
+        warm = seen_users[dataset.user[later]] & seen_items[dataset.item[later]]
+        return fit, later[warm]
+    rng = np.random.default_rng([seed, 7919])  # a stream of its own: the split's rng is untouched
+    if split.kind == "leave_last_out" and dataset.timestamp is not None:
+        key = np.lexsort((rng.random(len(train)), dataset.timestamp[train]))
+        rank_key = np.empty(len(train), np.int64)
+        rank_key[key] = np.arange(len(train))
+        rank = _rank_within_user(users, -rank_key)  # 0 = latest
+        n_valid = np.ones(dataset.n_users, np.int64)
+    else:
+        rank = _rank_within_user(users, rng.random(len(train)))
+        counts = np.bincount(users, minlength=dataset.n_users)
+        n_valid = np.round(VALID_FRACTION * counts).astype(np.int64)
+    counts = np.bincount(users, minlength=dataset.n_users)
+    n_valid = np.where(counts >= 2, np.clip(n_valid, 1, counts - 1), 0)
+    is_valid = rank < n_valid[users]
+    del items
+    return train[~is_valid], train[is_valid]
+
+
+def _rank_within_user(users: np.ndarray, key: np.ndarray) -> np.ndarray:
+    order = np.lexsort((key, users))
+    sorted_users = users[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_users)) + 1]
+    counts = np.diff(np.r_[starts, len(sorted_users)])
+    rank = np.empty(len(users), np.int64)
+    rank[order] = np.arange(len(users)) - np.repeat(starts, counts)
+    return rank
+
+
+def validation_rows(runner: CellRunner, mspec: ModelSpec, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fit a fresh model on train minus the carve and score ``select_by`` on the carve."""
+    if not mspec.grid_of:
+        return []
+    from bench.runner import train_data
+
+    name, k = parse_select_by(mspec.select_by or DEFAULT_SELECT_BY, "model", "grid")
+    dataset = runner.dataset
+    fit_rows, valid_rows = validation_carve(dataset, runner.split, runner.seed)
+    if valid_rows.size == 0:
+        raise ConfigError(f"grid selection for '{mspec.label}': the validation carve of split "
+                          f"'{runner.split.kind}' is empty; the split leaves too little training data")
+    fit_data = train_data(dataset, fit_rows)
+    model = registry.models.get(mspec.name)(seed=runner.seed, device=runner.config.device, **mspec.params)
+    model.fit(fit_data)
+    users = np.unique(dataset.user[valid_rows])
+    exclude = fit_data.matrix[users]
+    items, _ = model.recommend(users, k, exclude=exclude)
+    items = np.asarray(items)
+    hits, n_rel = metric_lib.hit_matrix(items, users, dataset.user[valid_rows], dataset.item[valid_rows],
+                                        dataset.n_items)
+    inputs = metric_lib.EvalInputs(items=items, hits=hits, n_relevant=n_rel, n_candidates=dataset.n_items,
+                                   item_popularity=np.bincount(fit_data.item, minlength=dataset.n_items),
+                                   n_train_users=int(np.unique(fit_data.user).size),
+                                   item_categories=dataset.item_categories)
+    values = metric_lib.get_metric(name).fn(inputs, k)
+    return [base | {"segment": "valid", "metric": name, "k": k, "value": float(np.mean(values)),
+                    "ci_low": float("nan"), "ci_high": float("nan"), "n": int(len(users)), "status": "ok"}]
+
+
+# -- the suite: choosing ----------------------------------------------------------
+
+def selection_rows(rows: list[dict[str, Any]], models: list[ModelSpec]) -> list[dict[str, Any]]:
+    """For each grid group and (dataset, split, seed): mark the best point and copy its test rows."""
+    groups = {m.label: m for m in models if m.grid_of}
+    if not groups:
+        return []
+    scores: dict[tuple[Any, ...], list[tuple[float, str]]] = {}
+    for row in rows:
+        spec = groups.get(row["model"])
+        if spec is None or row["segment"] != "valid" or row["status"] != "ok":
+            continue
+        name, k = parse_select_by(spec.select_by or DEFAULT_SELECT_BY, "model", "grid")
+        if row["metric"] != name or row["k"] != k:
+            continue
+        key = (row["dataset"], row["split"], row["split_fingerprint"], row["seed"], spec.grid_of)
+        scores.setdefault(key, []).append((row["value"], row["model"]))
+    out: list[dict[str, Any]] = []
+    for key, candidates in scores.items():
+        higher = metric_lib.get_metric(parse_select_by(groups[candidates[0][1]].select_by, "model", "grid")[0]
+                                       ).higher_is_better
+        best = sorted(candidates, key=lambda c: (-c[0] if higher else c[0], c[1]))[0][1]
+        dataset, split, fingerprint, seed, group = key
+        for row in rows:
+            if (row["dataset"], row["split"], row["split_fingerprint"], row["seed"]) != (dataset, split, fingerprint,
+                                                                                        seed):
+                continue
+            if row["model"] not in {c[1] for c in candidates}:
+                continue
+            if row["segment"] == "valid" and row["metric"] != "selected":
+                if row["model"] == best:
+                    out.append(row | {"model": group})
+                continue
+            if row["model"] == best and row["segment"] not in ("selection",):
+                out.append(row | {"model": group})
+        for _value, label in candidates:
+            template = next(r for r in rows if r["model"] == label and r["split_fingerprint"] == fingerprint
+                            and r["seed"] == seed)
+            out.append(template | {"segment": "selection", "metric": "selected", "k": 0,
+                                   "value": 1.0 if label == best else 0.0, "ci_low": float("nan"),
+                                   "ci_high": float("nan"), "n": len(candidates), "status": "ok"})
+    return out
+
