@@ -108,11 +108,12 @@ def summary_table(frame: pd.DataFrame) -> str:
     ks = sorted(accuracy["k"].unique())
     k = 10 if 10 in ks else ks[len(ks) // 2]
     wanted = accuracy[(accuracy["k"] == k) & accuracy["metric"].isin(["ndcg", "recall", "hit_rate"])]
-    table = wanted.pivot_table(index=["dataset", "split", "segment", "model"], columns="metric", values="value",
-                               aggfunc="mean")
+    # The protocol (full / uniN / popN) stands beside every number: sampled and full figures never mix.
+    table = wanted.pivot_table(index=["dataset", "split", "protocol", "segment", "model"], columns="metric",
+                               values="value", aggfunc="mean")
     table.columns = [f"{c}@{k}" for c in table.columns]
     fit = ok[ok["metric"] == "fit_seconds"].groupby(["dataset", "split", "model"])["value"].mean()
-    table["fit_s"] = [fit.get((d, s, m), float("nan")) for d, s, _seg, m in table.index]
+    table["fit_s"] = [fit.get((d, s, m), float("nan")) for d, s, _protocol, _seg, m in table.index]
     unsupported = frame[frame["status"] == "unsupported"][["dataset", "split", "segment", "model"]].drop_duplicates()
     text = table.round(4).to_string()
     if len(unsupported):

@@ -73,6 +73,9 @@ class EvaluationSpec:
     bootstrap: int = 1000
     batch_size: int = 0  # users per recommend() call; 0 = all at once
     max_test_users: int = 0  # 0 = all; else a seeded sample, identical for every model
+    # "full" ranking, or "uniN" / "popN" sampled negatives (bench.protocols); part of every cell's identity
+    protocol: str = "full"
+    negatives_per: str = "test_item"  # sampled protocols: N per "test_item" (RecBole) or per "user" (Elliot)
 
 
 @dataclass
@@ -103,7 +106,7 @@ _DATASET = {"name": str, "params": dict, "implicit": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list}
 _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
-         "max_test_users": int}
+         "max_test_users": int, "protocol": str, "negatives_per": str}
 _DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -206,8 +209,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
     evaluation = EvaluationSpec(**{k: copy.deepcopy(v) for k, v in ev_raw.items()})
     if not evaluation.k or not all(isinstance(k, int) and k >= 1 for k in evaluation.k):
         raise ConfigError(f"{source}: evaluation.k must be a non-empty list of integers >= 1, got {evaluation.k!r}")
-    for name in evaluation.metrics:
-        _known(registry.metrics, name, "evaluation.metrics", source)
+    _check_metrics_and_protocol(evaluation, source)
     if evaluation.bootstrap < 0 or evaluation.batch_size < 0 or evaluation.max_test_users < 0:
         raise ConfigError(f"{source}: evaluation.bootstrap, batch_size and max_test_users must be >= 0")
 
@@ -233,6 +235,31 @@ def config_from_dict(stored: dict[str, Any], source: str) -> SuiteConfig:
 
     raw = drop_none({k: v for k, v in stored.items() if k != "source"})
     return parse_suite(raw, source)
+
+
+def _check_metrics_and_protocol(evaluation: EvaluationSpec, source: str) -> None:
+    """Metric entries (``"map@10[denominator=test]"``) and the protocol (``"uni100"``) are checked before anything
+    runs; a sampled protocol bounds the usable k by its number of negatives."""
+    from bench.metrics import parse_metric_entry
+    from bench.protocols import parse_protocol
+
+    k_max = max(evaluation.k)
+    for entry in evaluation.metrics:
+        if not isinstance(entry, str):
+            raise ConfigError(f"{source}: evaluation.metrics entries must be strings, got {entry!r}")
+        try:
+            _name, own_k = parse_metric_entry(entry)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: evaluation.metrics: {exc}") from None
+        if own_k is not None and own_k > k_max:
+            raise ConfigError(f"{source}: evaluation.metrics entry '{entry}' asks for k={own_k}, beyond the largest "
+                              f"evaluation.k ({k_max}); add {own_k} to evaluation.k")
+    protocol = parse_protocol(evaluation.protocol, negatives_per=evaluation.negatives_per,
+                              exclude_train=evaluation.exclude_train, source=source)
+    if protocol.sampled and k_max > protocol.min_candidates():
+        raise ConfigError(f"{source}: evaluation.k goes up to {k_max}, but protocol '{protocol.name}' may leave a user "
+                          f"only {protocol.min_candidates()} candidates; use k <= {protocol.min_candidates()} "
+                          f"or more negatives")
 
 
 def _check_model_params(spec: ModelSpec, where: str, source: str) -> None:

@@ -60,6 +60,7 @@ class Metric:
     needs: str = "topk"  # "topk", "popularity", "categories"
     per_user: bool = True
     description: str = ""
+    variant_of: str = ""  # for a named variant such as "map[denominator=test]": its base metric, "map"
 
 
 def _register(name: str, higher_is_better: bool, needs: str = "topk", per_user: bool = True, doc: str = ""):
@@ -142,6 +143,125 @@ def intra_list_diversity(x: EvalInputs, k: int) -> np.ndarray:
     return 1.0 - total / (k * (k - 1))
 
 
+# -- named variants ------------------------------------------------------------
+# Frameworks disagree on denominators and discounts; each variant reproduces one
+# of them exactly (docs/metrics.md has the table with formulas and sources). A
+# variant is a metric record of its own, named "base[key=value]", so it is chosen
+# in a suite file by name and lands in the results under that name. The base name
+# ("map") is always the documented default; its explicit spelling is an alias.
+
+def _register_variant(base: str, variant: str, fn: Callable[[EvalInputs, int], np.ndarray], doc: str) -> None:
+    parent = registry.metrics.get(base)
+    name = f"{base}[{variant}]"
+    registry.metrics.register(name, Metric(name, fn, parent.higher_is_better, parent.needs, parent.per_user, doc,
+                                           variant_of=base))
+
+
+def recall_min_denominator(x: EvalInputs, k: int) -> np.ndarray:
+    return x.hits[:, :k].sum(1) / np.minimum(x.n_relevant, k)
+
+
+def _lenskit_discounts(k: int) -> np.ndarray:
+    return 1.0 / np.log2(np.maximum(np.arange(1, k + 1), 2))
+
+
+def ndcg_lenskit(x: EvalInputs, k: int) -> np.ndarray:
+    disc = _lenskit_discounts(k)
+    ideal_cum = np.concatenate([[0.0], np.cumsum(disc)])
+    return (x.hits[:, :k] @ disc) / ideal_cum[np.minimum(x.n_relevant, k)]
+
+
+def _precision_at_hits(x: EvalInputs, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum over hit ranks r <= k of precision@r, and the hit count: the two parts of every AP."""
+    hits = x.hits[:, :k]
+    precision_at = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    return (precision_at * hits).sum(1), hits.sum(1)
+
+
+def map_test_denominator(x: EvalInputs, k: int) -> np.ndarray:
+    summed, _ = _precision_at_hits(x, k)
+    return summed / x.n_relevant
+
+
+def map_hits_denominator(x: EvalInputs, k: int) -> np.ndarray:
+    summed, n_hits = _precision_at_hits(x, k)
+    return np.divide(summed, n_hits, out=np.zeros(len(summed)), where=n_hits > 0)
+
+
+def map_all_ranks(x: EvalInputs, k: int) -> np.ndarray:
+    precision_at = np.cumsum(x.hits[:, :k], axis=1) / np.arange(1, k + 1)
+    return precision_at.mean(1)
+
+
+_register_variant("recall", "denominator=test", recall, "hits in top-k / |test| (the default; RecBole, ranx, "
+                  "MS Recommenders, Cornac, Elliot)")
+_register_variant("recall", "denominator=min", recall_min_denominator, "hits in top-k / min(k, |test|) (LensKit)")
+_register_variant("ndcg", "discount=log2", ndcg, "discount 1/log2(rank+1) (the default; RecBole, ranx, "
+                  "MS Recommenders, Cornac, Elliot)")
+_register_variant("ndcg", "discount=lenskit", ndcg_lenskit, "discount 1/log2(max(rank, 2)) (LensKit)")
+_register_variant("map", "denominator=min", average_precision, "AP@k over min(k, |test|) (the default; RecBole, "
+                  "LensKit, MS Recommenders map_at_k)")
+_register_variant("map", "denominator=test", map_test_denominator, "AP@k over |test| (ranx, MS Recommenders map)")
+_register_variant("map", "denominator=hits", map_hits_denominator, "AP over the hits in the list (Cornac; equals "
+                  "uncut AP when the list ranks every candidate)")
+_register_variant("map", "average=all_ranks", map_all_ranks, "mean of precision@1..k (Elliot's MAP code)")
+
+
+def metric_variants(base: str) -> list[str]:
+    """Every name ``base`` can be asked for: the default, then its named variants."""
+    return [base] + [n for n in registry.metrics.names()
+                     if isinstance(m := registry.metrics.get(n), Metric) and m.variant_of == base]
+
+
+def parse_metric_entry(entry: str) -> tuple[str, int | None]:
+    """Split a suite entry ``"map@10[denominator=test]"`` (or ``"map[denominator=test]@10"``, ``"ndcg"``)
+    into the registered metric name and its own cut-off (None = every ``evaluation.k``).
+
+    Unknown bases or variants raise a ConfigError that lists what exists.
+    """
+    text = entry.strip()
+    variant = ""
+    k: int | None = None
+    if "[" in text:
+        head, _, rest = text.partition("[")
+        variant, closing, tail = rest.partition("]")
+        if not closing or (tail and not tail.startswith("@")):
+            raise ConfigError(f"metric '{entry}' is malformed; write name[@k][key=value], e.g. 'map@10[denominator=test]'")
+        text = head + tail
+    if "@" in text:
+        text, _, k_text = text.partition("@")
+        if not k_text.isdigit() or int(k_text) < 1:
+            raise ConfigError(f"metric '{entry}': the cut-off after '@' must be an integer >= 1")
+        k = int(k_text)
+    base = text.strip()
+    if base not in registry.metrics:
+        from bench.registry import suggest
+
+        bases = [n for n in registry.metrics.names() if "[" not in n]
+        raise ConfigError(f"unknown metric '{base}' in '{entry}'; {suggest(base, bases)}available: {', '.join(bases)}")
+    if not variant:
+        return base, k
+    name = f"{base}[{variant.strip().replace(' ', '')}]"
+    if name not in registry.metrics:
+        valid = metric_variants(base)
+        if len(valid) == 1:
+            raise ConfigError(f"metric '{base}' has no named variants (asked for '{entry}'); use '{base}'")
+        raise ConfigError(f"unknown variant '[{variant}]' of metric '{base}' in '{entry}'; valid: {', '.join(valid)} "
+                          f"(see docs/metrics.md)")
+    return name, k
+
+
+def metric_columns(entries: list[str], ks: list[int]) -> list[tuple[str, int]]:
+    """The (metric, k) columns a list of suite entries asks for, in order, without duplicates."""
+    columns: list[tuple[str, int]] = []
+    for entry in entries:
+        name, own_k = parse_metric_entry(entry)
+        for k in ([own_k] if own_k is not None else ks):
+            if (name, k) not in columns:
+                columns.append((name, k))
+    return columns
+
+
 DEFAULT_METRICS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage", "novelty", "arp", "ild")
 
 
@@ -178,25 +298,29 @@ class MetricTable:
 
 
 def compute(inputs: EvalInputs, metric_names: list[str], ks: list[int]) -> MetricTable:
-    """Score every metric at every k; per-user values kept."""
+    """Score every metric at every k; per-user values kept.
+
+    ``metric_names`` are suite entries: a name, a named variant (``"map[denominator=test]"``)
+    and an optional own cut-off (``"map@10[denominator=test]"``, scored at that k only).
+    """
     K = inputs.items.shape[1]
-    bad = [k for k in ks if k < 1 or k > K]
+    wanted = metric_columns(metric_names, ks)
+    bad = sorted({k for k in ks + [k for _, k in wanted] if k < 1 or k > K})
     if bad:
         raise ConfigError(f"cut-offs {bad} exceed the {K} items requested per user")
     columns: list[tuple[str, int]] = []
     values: list[np.ndarray] = []
     aggregate: dict[tuple[str, int], float] = {}
-    for name in metric_names:
+    for name, k in wanted:
         metric = get_metric(name)
         if metric.needs == "categories" and (inputs.item_categories is None or inputs.item_categories.shape[1] == 0):
             continue  # the dataset has no categories: the metric is undefined, not zero
-        for k in ks:
-            out = metric.fn(inputs, k)
-            columns.append((name, k))
-            if metric.per_user:
-                values.append(np.asarray(out, dtype=np.float64))
-            else:
-                aggregate[(name, k)] = float(out[0])
-                values.append(np.full(inputs.n_users, np.nan))
+        out = metric.fn(inputs, k)
+        columns.append((name, k))
+        if metric.per_user:
+            values.append(np.asarray(out, dtype=np.float64))
+        else:
+            aggregate[(name, k)] = float(out[0])
+            values.append(np.full(inputs.n_users, np.nan))
     per_user = np.column_stack(values) if values else np.zeros((inputs.n_users, 0))
     return MetricTable(columns, per_user, aggregate)

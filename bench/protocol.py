@@ -128,8 +128,9 @@ def mask_and_rank(scores: np.ndarray, k: int, *, candidates: np.ndarray | None =
                   exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Turn dense scores [n, n_items] into top-k, honouring candidates and exclusions.
 
-    ``candidates`` is a shared 1-D item array or a per-user 2-D array; excluded
-    items and non-candidates can never be returned.
+    ``candidates`` is a shared 1-D item array or a per-user 2-D array (entries < 0
+    are padding, never returned); excluded items and non-candidates can never be
+    returned.
     """
     scores = np.array(scores, dtype=np.float64, copy=True)
     if exclude is not None and exclude.nnz:
@@ -140,7 +141,10 @@ def mask_and_rank(scores: np.ndarray, k: int, *, candidates: np.ndarray | None =
     cand = np.asarray(candidates)
     if cand.ndim == 1:
         cand = np.broadcast_to(cand, (scores.shape[0], cand.size))
-    sub = np.take_along_axis(scores, cand, axis=1)
+    padding = cand < 0  # rows of unequal length are padded with -1 (sampled protocols, bench.protocols)
+    sub = np.take_along_axis(scores, np.where(padding, 0, cand), axis=1)
+    if padding.any():
+        sub[padding] = -np.inf
     idx, vals = top_k(sub, k)
     return np.take_along_axis(cand, idx, axis=1), vals
 
@@ -190,6 +194,14 @@ class Recommender:
     def size_bytes(self) -> int:
         """Bytes of learned state (factors, index...), for the systems table."""
         return 0
+
+    def extra_metrics(self) -> dict[str, float]:
+        """Model-specific figures about the recommend() calls since the previous call, then reset.
+
+        The runner reads them after each segment and stores them as k=0 rows
+        (e.g. an LLM generator's rate of items not in the catalogue).
+        """
+        return {}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params, "seed": self.seed, "device": self.device,

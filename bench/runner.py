@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bench import metrics as metric_lib
+from bench import protocols as eval_protocols
 from bench import grid, provenance, registry
 from bench.config import DatasetSpec, ModelSpec, SplitSpec, SuiteConfig
 from bench.data import DataOptions, Dataset, load_dataset
@@ -85,11 +86,18 @@ class SegmentData:
     test_items: np.ndarray
     history: list[np.ndarray] | None
     exclude: sp.csr_matrix | None
-    candidates: np.ndarray | None
+    candidates: np.ndarray | None  # shared 1-D pool, or per-user rows [users, C] (sampled protocols)
+
+    def batch_candidates(self, lo: int, hi: int) -> np.ndarray | None:
+        """The candidates of users[lo:hi]: per-user rows are sliced with the users, a shared pool is not."""
+        if self.candidates is None or np.ndim(self.candidates) == 1:
+            return self.candidates
+        return self.candidates[lo:hi]
 
 
 def segment_data(dataset: Dataset, split: Split, segment: Segment, train_matrix: sp.csr_matrix,
-                 exclude_train: bool, max_users: int) -> SegmentData:
+                 exclude_train: bool, max_users: int, *, protocol: eval_protocols.Protocol | None = None,
+                 k: int = 0, negatives_dir: Path | None = None) -> SegmentData:
     users = np.unique(dataset.user[split.test])
     if max_users and len(users) > max_users:
         # Same seeded sample for every model of the cell (it depends on the split only).
@@ -112,13 +120,17 @@ def segment_data(dataset: Dataset, split: Split, segment: Segment, train_matrix:
         exclude = history_matrix(history, dataset.n_items)
     elif exclude_train:
         exclude = train_matrix[users]
-    return SegmentData(segment, users, test_users, test_items, history, exclude, segment.candidates)
+    candidates = segment.candidates if protocol is None else eval_protocols.segment_candidates(
+        dataset, split, segment, users, exclude, protocol, k, negatives_dir)
+    return SegmentData(segment, users, test_users, test_items, history, exclude, candidates)
 
 
 def score_lists(items: np.ndarray, data: SegmentData, dataset: Dataset, popularity: np.ndarray,
                 n_train_users: int, metric_names: list[str], ks: list[int]) -> metric_lib.MetricTable:
     hits, n_rel = metric_lib.hit_matrix(items, data.users, data.test_users, data.test_items, dataset.n_items)
-    n_candidates = dataset.n_items if data.candidates is None else len(data.candidates)
+    cand = data.candidates
+    n_candidates = (dataset.n_items if cand is None else len(cand) if np.ndim(cand) == 1
+                    else np.unique(cand[cand >= 0]).size)
     inputs = metric_lib.EvalInputs(items=items, hits=hits, n_relevant=n_rel, n_candidates=n_candidates,
                                    item_popularity=popularity, n_train_users=n_train_users,
                                    item_categories=dataset.item_categories)
@@ -144,7 +156,8 @@ class CellRunner:
             "run_id": self.run_id, "suite": self.config.name, "dataset": self.dataset.name,
             "conversion": self.dataset.info.get("conversion", ""), "split": self.split.kind,
             "split_params": json.dumps(self.split.params, sort_keys=True, default=str),
-            "split_fingerprint": self.split.fingerprint, "protocol": "full", "seed": self.seed,
+            "split_fingerprint": self.split.fingerprint,
+            "protocol": eval_protocols.from_evaluation(self.config.evaluation).label, "seed": self.seed,
             "model": mspec.label, "model_name": mspec.name, "params": json.dumps(params, sort_keys=True, default=str),
             "cell_id": cid,
         }
@@ -215,8 +228,10 @@ class CellRunner:
             info["segments"][segment.name] = {"status": "unsupported", "needs": segment.needs}
             return [base | {"segment": segment.name, "metric": name, "k": k, "value": float("nan"),
                             "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "status": "unsupported"}
-                    for name in self.metric_names for k in self.ks]
-        data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train, ev.max_test_users)
+                    for name, k in metric_lib.metric_columns(self.metric_names, self.ks)]
+        data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train, ev.max_test_users,
+                            protocol=eval_protocols.from_evaluation(ev), k=self.ks[-1],
+                            negatives_dir=self.run_dir / "splits")
         k_max = self.ks[-1]
         batch = ev.batch_size or len(data.users)
         items_parts, score_parts = [], []
@@ -225,10 +240,10 @@ class CellRunner:
             hi = lo + batch
             hist = None if data.history is None else data.history[lo:hi]
             excl = None if data.exclude is None else data.exclude[lo:hi]
-            items, scores = model.recommend(data.users[lo:hi], k_max, history=hist, candidates=data.candidates,
-                                            exclude=excl)
+            cand = data.batch_candidates(lo, hi)
+            items, scores = model.recommend(data.users[lo:hi], k_max, history=hist, candidates=cand, exclude=excl)
             items, scores = validate_topk(mspec.label, items, scores, n_users=len(data.users[lo:hi]), k=k_max,
-                                          n_items=self.dataset.n_items, exclude=excl, candidates=data.candidates)
+                                          n_items=self.dataset.n_items, exclude=excl, candidates=cand)
             items_parts.append(items)
             score_parts.append(scores)
         seconds = time.perf_counter() - start

@@ -58,7 +58,11 @@ def validate_topk(model: str, items: object, scores: object, *, n_users: int, k:
                        f"for {int(flagged.any(1).sum())} user(s)")
     if candidates is not None:
         cand = np.asarray(candidates)
-        ok = np.isin(items_arr, cand) if cand.ndim == 1 else (items_arr[:, :, None] == cand[:, None, :]).any(2)
+        if cand.ndim == 1:
+            ok = np.isin(items_arr, cand)
+        else:  # per-user rows (padding < 0 never matches): compare (row, item) keys, not an [n, k, C] cube
+            row = np.arange(n_users, dtype=np.int64)[:, None]
+            ok = np.isin(row * n_items + items_arr, (row * n_items + cand)[cand >= 0])
         if not ok.all():
             raise fail(f"{int((~ok).sum())} item(s) outside the candidate set")
     return items_arr.astype(np.int64), scores_arr
