@@ -1,0 +1,419 @@
+"""Systems cost of a model cell: fit cost, serving latency/throughput, memory, timer overhead.
+
+Accuracy alone does not choose a production recommender, so every cell also
+measures what it costs, on CPU and on CUDA with the same code (GPU work is
+bracketed by ``torch.cuda.synchronize()``, so timings cover the kernels and not
+just their launch). Serving follows the scenarios MLPerf Inference names:
+
+- **single-stream**: one user per request, one request at a time, after
+  ``warmup`` requests; latency percentiles over ``latency_requests`` requests;
+- **offline**: the whole segment's users scored at each of ``batch_sizes``
+  (0 = all users in one call); throughput in users per second;
+- **server**: open-loop Poisson arrivals at ``server_rate`` requests/s against
+  one in-process FIFO worker. Arrival times are drawn up front, independently
+  of the worker (open loop), and each request's latency is its completion time
+  minus its *scheduled arrival*, so queueing delay counts. With one worker the
+  event loop below is exactly that queue; no load-generator thread competes
+  for the GIL. ``server_p99_ms`` > 0 additionally bisects the highest rate whose
+  p99 latency meets that target.
+
+Every scenario stops early when it has used ``max_seconds`` (a slow model must
+not stall a suite); the ``n`` column of a row says how many requests/users it
+measured.
+
+Rows written to the tidy table (``k`` = 0, ``segment`` = the scored segment, or
+``fit`` for the fit figures):
+
+==============================  ============================================================
+fit_seconds, fit_cpu_seconds    wall and CPU (user+system, all threads) seconds of ``fit``
+model_bytes                     ``model.size_bytes()``: factors / parameters / index
+fit_peak_rss_mb                 peak resident memory of the fitting process during ``fit``
+                                (Linux VmHWM, reset just before fit; falls back to
+                                ``ru_maxrss``, the process high-water mark, which is per cell
+                                when each cell runs in its own forked child)
+fit_rss_increase_mb             fit_peak_rss_mb minus the resident memory just before fit
+fit_peak_gpu_mb                 (cuda only) ``torch.cuda.max_memory_allocated`` during fit
+latency_mean_ms                 single-stream mean latency
+latency_p50_ms ... p99_ms       single-stream percentiles p50, p90, p95, p99
+throughput_users_per_s@batch=B  offline throughput at batch size B (``all`` = one call)
+server_target_rate              the Poisson arrival rate asked for (requests/s)
+server_achieved_rate            completed requests / (last completion - first arrival)
+server_latency_p50_ms, _p99_ms  server-scenario latency including queueing
+server_max_rate_at_p99          highest rate found whose p99 meets ``server_p99_ms``
+serve_peak_gpu_mb               (cuda only) peak GPU memory while serving the segment
+timer_overhead_ns               median cost of one timer read pair (+ sync on cuda)
+==============================  ============================================================
+
+Machine and device descriptions travel in ``provenance.json`` (run level) and
+in ``cell.json["systems"]`` (device name); :func:`machine_mismatch` says when two
+result sets come from different machines so their timings should not be compared.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from bench.errors import ConfigError
+
+# -- configuration -----------------------------------------------------------------
+
+
+@dataclass
+class SystemsSpec:
+    """The ``[evaluation.systems]`` table of a suite file."""
+
+    enabled: bool = True
+    warmup: int = 5  # single-stream requests run and discarded before measuring
+    latency_requests: int = 100  # single-stream requests measured
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 256, 0])  # offline; 0 = all users at once
+    server_rate: float = 0.0  # Poisson arrivals per second; 0 = server scenario off
+    server_requests: int = 300
+    server_p99_ms: float = 0.0  # > 0: search the highest rate meeting this p99
+    max_seconds: float = 5.0  # budget per scenario (per batch size, per server rate)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SYSTEMS_KEYS: dict[str, type | tuple[type, ...]] = {
+    "enabled": bool, "warmup": int, "latency_requests": int, "batch_sizes": list, "server_rate": (int, float),
+    "server_requests": int, "server_p99_ms": (int, float), "max_seconds": (int, float)}
+
+
+def parse_systems(raw: dict[str, Any] | SystemsSpec, source: str) -> SystemsSpec:
+    """Validate ``[evaluation.systems]``; every mistake names the key and the fix."""
+    if isinstance(raw, SystemsSpec):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: 'evaluation.systems' must be a table, got {type(raw).__name__}")
+    for key, value in raw.items():
+        if key not in _SYSTEMS_KEYS:
+            from bench.registry import suggest
+
+            raise ConfigError(f"{source}: unknown key 'evaluation.systems.{key}'; {suggest(key, list(_SYSTEMS_KEYS))}"
+                              f"valid keys here: {', '.join(_SYSTEMS_KEYS)}")
+        expected = _SYSTEMS_KEYS[key]
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{source}: 'evaluation.systems.{key}' has the wrong type ({value!r}); "
+                              f"see `bench.systems.SystemsSpec` for the expected types")
+    spec = SystemsSpec(**raw)
+    if spec.warmup < 0 or spec.latency_requests < 0 or spec.server_requests < 0:
+        raise ConfigError(f"{source}: evaluation.systems warmup, latency_requests and server_requests must be >= 0")
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in spec.batch_sizes):
+        raise ConfigError(f"{source}: evaluation.systems.batch_sizes must be integers >= 0 (0 = all users), "
+                          f"got {spec.batch_sizes!r}")
+    if spec.server_rate < 0 or spec.server_p99_ms < 0 or spec.max_seconds <= 0:
+        raise ConfigError(f"{source}: evaluation.systems server_rate and server_p99_ms must be >= 0 "
+                          f"and max_seconds > 0")
+    if spec.server_p99_ms > 0 and spec.server_requests < 20:
+        raise ConfigError(f"{source}: evaluation.systems.server_p99_ms needs server_requests >= 20 "
+                          f"for a meaningful p99")
+    return spec
+
+
+# -- clocks and devices ------------------------------------------------------------
+
+
+class Clock:
+    """Wall clock that waits for queued GPU work before each reading on CUDA devices."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self.cuda = device.startswith("cuda")
+        self._torch = sys.modules.get("torch") if self.cuda else None
+        if self.cuda and self._torch is None:
+            import torch
+
+            self._torch = torch
+
+    def sync(self) -> None:
+        if self._torch is not None:
+            self._torch.cuda.synchronize()
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+    def overhead_ns(self, repeats: int = 2000) -> float:
+        """Median cost of one ``now()`` pair: the floor under every latency we report."""
+        samples = np.empty(repeats)
+        for i in range(repeats):
+            a = self.now()
+            b = self.now()
+            samples[i] = b - a
+        return float(np.median(samples) * 1e9)
+
+    def reset_peak_gpu(self) -> None:
+        if self._torch is not None:
+            self._torch.cuda.reset_peak_memory_stats()
+
+    def peak_gpu_mb(self) -> float | None:
+        if self._torch is None:
+            return None
+        return float(self._torch.cuda.max_memory_allocated()) / 2**20
+
+    def device_name(self) -> str:
+        if self._torch is not None:
+            return str(self._torch.cuda.get_device_name(self.device if ":" in self.device else 0))
+        from bench.provenance import cpu_model
+
+        return cpu_model()
+
+
+def machine_mismatch(provenance_a: dict[str, Any], provenance_b: dict[str, Any]) -> str | None:
+    """A warning when two runs' timings come from different machines or devices, else None."""
+    from bench.provenance import machine_key
+
+    key_a = machine_key(provenance_a.get("machine", {})) + (provenance_a.get("device"),)
+    key_b = machine_key(provenance_b.get("machine", {})) + (provenance_b.get("device"),)
+    if key_a == key_b:
+        return None
+    names = ("cpu", "cpu_count", "memory_gib", "gpu", "device")
+    diff = [f"{n}: {a!r} vs {b!r}" for n, a, b in zip(names, key_a, key_b) if a != b]
+    return "timings come from different machines (" + "; ".join(diff) + "); compare them with care"
+
+
+# -- memory --------------------------------------------------------------------------
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field_name: str) -> float | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb() -> float | None:
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark to the current RSS (Linux >= 4.0); False if impossible."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Resident high-water mark since the last reset (or since the process / forked child began)."""
+    kib = _status_kib("VmHWM")
+    if kib is None:  # not Linux: ru_maxrss is KiB on Linux, bytes on macOS
+        raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kib = raw / 1024 if sys.platform == "darwin" else raw
+    return float(kib) / 1024
+
+
+# -- fit ----------------------------------------------------------------------------
+
+
+@dataclass
+class FitCost:
+    wall_seconds: float
+    cpu_seconds: float
+    model_bytes: int
+    peak_rss_mb: float
+    rss_increase_mb: float | None
+    peak_gpu_mb: float | None
+    peak_is_per_fit: bool  # False when the high-water mark could not be reset (covers the process so far)
+
+    def figures(self) -> dict[str, float]:
+        out = {"fit_seconds": self.wall_seconds, "fit_cpu_seconds": self.cpu_seconds,
+               "model_bytes": float(self.model_bytes), "fit_peak_rss_mb": self.peak_rss_mb}
+        if self.rss_increase_mb is not None:
+            out["fit_rss_increase_mb"] = self.rss_increase_mb
+        if self.peak_gpu_mb is not None:
+            out["fit_peak_gpu_mb"] = self.peak_gpu_mb
+        return out
+
+
+def measure_fit(fit: Callable[[], None], size_bytes: Callable[[], int], device: str = "cpu") -> FitCost:
+    """Run ``fit()`` once and measure wall/CPU seconds, peak RSS, peak GPU memory and model size."""
+    clock = Clock(device)
+    before = current_rss_mb()
+    per_fit = reset_peak_rss()
+    clock.reset_peak_gpu()
+    wall, cpu = clock.now(), time.process_time()
+    fit()
+    wall_seconds = clock.now() - wall
+    cpu_seconds = time.process_time() - cpu
+    peak = peak_rss_mb()
+    increase = None if before is None or not per_fit else max(0.0, peak - before)
+    return FitCost(wall_seconds, cpu_seconds, int(size_bytes()), peak, increase, clock.peak_gpu_mb(), per_fit)
+
+
+# -- serving ----------------------------------------------------------------------------
+
+
+@dataclass
+class Requests:
+    """The per-user inputs of one segment, sliceable into requests of any batch size."""
+
+    users: np.ndarray
+    k: int
+    history: list[np.ndarray] | None = None
+    exclude: sp.csr_matrix | None = None
+    candidates: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def call(self, recommend: Callable[..., Any], index: np.ndarray | slice) -> None:
+        users = self.users[index]
+        if isinstance(index, slice):
+            hist = None if self.history is None else self.history[index]
+        else:
+            hist = None if self.history is None else [self.history[i] for i in index]
+        excl = None if self.exclude is None else self.exclude[index]
+        # per-user candidate rows (sampled protocols, bench.protocols) follow their users; a shared pool does not
+        cand = self.candidates if self.candidates is None or np.ndim(self.candidates) == 1 else self.candidates[index]
+        recommend(users, self.k, history=hist, candidates=cand, exclude=excl)
+
+
+def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+            "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
+
+
+def single_stream(recommend: Callable[..., Any], requests: Requests, spec: SystemsSpec, clock: Clock,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Seconds per one-user request, one at a time, after warm-up (users drawn with a seeded RNG)."""
+    if len(requests) == 0 or spec.latency_requests == 0:
+        return np.zeros(0)
+    order = rng.integers(0, len(requests), spec.warmup + spec.latency_requests)
+    for i in order[:spec.warmup]:
+        requests.call(recommend, slice(i, i + 1))
+    latencies = []
+    deadline = time.perf_counter() + spec.max_seconds
+    for i in order[spec.warmup:]:
+        start = clock.now()
+        requests.call(recommend, slice(i, i + 1))
+        latencies.append(clock.now() - start)
+        if time.perf_counter() > deadline:
+            break
+    return np.asarray(latencies)
+
+
+def offline_throughput(recommend: Callable[..., Any], requests: Requests, batch_size: int, clock: Clock,
+                       max_seconds: float) -> tuple[float, int]:
+    """Users per second scoring the segment in batches of ``batch_size`` (0 = all); users measured."""
+    n = len(requests)
+    if n == 0:
+        return float("nan"), 0
+    batch = batch_size or n
+    done = 0
+    start = clock.now()
+    for lo in range(0, n, batch):
+        requests.call(recommend, slice(lo, min(n, lo + batch)))
+        done = min(n, lo + batch)
+        if clock.now() - start > max_seconds:
+            break
+    return done / max(clock.now() - start, 1e-12), done
+
+
+@dataclass
+class ServerResult:
+    target_rate: float
+    achieved_rate: float
+    latencies: np.ndarray  # seconds, completion minus scheduled arrival
+
+    @property
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies, 99) * 1e3) if len(self.latencies) else float("nan")
+
+
+def server(recommend: Callable[..., Any], requests: Requests, rate: float, n_requests: int, clock: Clock,
+           rng: np.random.Generator, max_seconds: float) -> ServerResult:
+    """Open-loop Poisson arrivals at ``rate``/s served by one FIFO worker (see the module docstring)."""
+    if len(requests) == 0 or n_requests == 0 or rate <= 0:
+        return ServerResult(rate, float("nan"), np.zeros(0))
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, n_requests))
+    users = rng.integers(0, len(requests), n_requests)
+    origin = clock.now()
+    latencies = []
+    finished = origin
+    for arrival, i in zip(arrivals, users):
+        wait = origin + arrival - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)  # the worker is idle until the next request arrives
+        requests.call(recommend, slice(i, i + 1))
+        finished = clock.now()
+        latencies.append(finished - (origin + arrival))
+        if finished - origin > max_seconds:
+            break
+    done = len(latencies)
+    span = finished - (origin + arrivals[0])
+    return ServerResult(rate, done / max(span, 1e-12), np.asarray(latencies))
+
+
+def max_rate_at_p99(recommend: Callable[..., Any], requests: Requests, target_ms: float, n_requests: int,
+                    clock: Clock, rng: np.random.Generator, max_seconds: float, mean_service_s: float,
+                    steps: int = 6) -> float:
+    """Bisect the highest Poisson rate whose p99 latency meets ``target_ms`` (0 if none does).
+
+    The upper bound is the worker's capacity 1/mean service time; above it the
+    queue grows without bound.
+    """
+    if mean_service_s <= 0 or len(requests) == 0:
+        return float("nan")
+    low, high = 0.0, 1.0 / mean_service_s
+    for _ in range(steps):
+        mid = (low + high) / 2
+        result = server(recommend, requests, mid, n_requests, clock, rng, max_seconds)
+        if result.p99_ms <= target_ms:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def measure_serving(recommend: Callable[..., Any], requests: Requests, spec: SystemsSpec, *, device: str = "cpu",
+                    seed: int = 0) -> tuple[dict[str, tuple[float, int]], dict[str, Any]]:
+    """All serving scenarios of one segment: ``{metric: (value, n)}`` plus details for cell.json."""
+    clock = Clock(device)
+    rng = np.random.default_rng([seed, 5])
+    figures: dict[str, tuple[float, int]] = {"timer_overhead_ns": (clock.overhead_ns(), 0)}
+    clock.reset_peak_gpu()
+    latencies = single_stream(recommend, requests, spec, clock, rng)
+    if len(latencies):
+        for name, value in percentiles_ms(latencies).items():
+            figures[f"latency_{name}_ms"] = (value, len(latencies))
+    for batch in spec.batch_sizes:
+        rate, done = offline_throughput(recommend, requests, batch, clock, spec.max_seconds)
+        figures[f"throughput_users_per_s@batch={batch or 'all'}"] = (rate, done)
+    if spec.server_rate > 0:
+        result = server(recommend, requests, spec.server_rate, spec.server_requests, clock, rng, spec.max_seconds)
+        n = len(result.latencies)
+        figures["server_target_rate"] = (spec.server_rate, n)
+        figures["server_achieved_rate"] = (result.achieved_rate, n)
+        if n:
+            figures["server_latency_p50_ms"] = (float(np.percentile(result.latencies, 50) * 1e3), n)
+            figures["server_latency_p99_ms"] = (result.p99_ms, n)
+    if spec.server_p99_ms > 0 and len(latencies):
+        best = max_rate_at_p99(recommend, requests, spec.server_p99_ms, spec.server_requests, clock, rng,
+                               spec.max_seconds, float(latencies.mean()))
+        figures["server_max_rate_at_p99"] = (best, spec.server_requests)
+    peak_gpu = clock.peak_gpu_mb()
+    if peak_gpu is not None:
+        figures["serve_peak_gpu_mb"] = (peak_gpu, 0)
+    details = {"device": device, "device_name": clock.device_name(), "users": len(requests), "k": requests.k,
+               "spec": spec.as_dict()}
+    return figures, details
+

@@ -1,0 +1,206 @@
+"""bench.systems: fit cost, serving scenarios, memory, timer overhead, config and runner rows.
+
+Service times below come from ``time.sleep`` inside plain functions, so the
+expected figures follow from queueing arithmetic, with bounds loose enough for
+a busy shared machine (sleep never returns early, so lower bounds are hard).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from bench import systems
+from bench.config import parse_suite
+from bench.data import load_dataset
+from bench.errors import ConfigError
+from bench.results import load_results
+from bench.runner import run_suite
+
+
+class Recorder:
+    """A recommend() that sleeps a fixed time per call and records batch sizes."""
+
+    def __init__(self, service_s: float = 0.0) -> None:
+        self.service_s = service_s
+        self.batches: list[int] = []
+
+    def __call__(self, users, k, *, history=None, candidates=None, exclude=None):
+        self.batches.append(len(users))
+        if self.service_s:
+            time.sleep(self.service_s)
+        return np.zeros((len(users), k), np.int64), np.zeros((len(users), k))
+
+
+def requests(n: int = 50) -> systems.Requests:
+    return systems.Requests(np.arange(n), 5)
+
+
+def test_percentiles_hand_worked():
+    seconds = np.arange(1, 101) / 1000  # 1..100 ms
+    p = systems.percentiles_ms(seconds)
+    # numpy's linear interpolation: p50 between 50 and 51, p99 = 99 + 0.01
+    assert p["p50"] == pytest.approx(50.5)
+    assert p["p90"] == pytest.approx(90.1)
+    assert p["p99"] == pytest.approx(99.01)
+    assert p["mean"] == pytest.approx(50.5)
+
+
+def test_single_stream_warms_up_then_measures_one_user_per_request():
+    rec = Recorder(0.002)
+    spec = systems.SystemsSpec(warmup=3, latency_requests=20)
+    lat = systems.single_stream(rec, requests(), spec, systems.Clock(), np.random.default_rng(0))
+    assert len(rec.batches) == 23 and set(rec.batches) == {1}
+    assert len(lat) == 20
+    assert lat.min() >= 0.002  # sleep never returns early
+
+
+def test_single_stream_stops_at_budget():
+    rec = Recorder(0.01)
+    spec = systems.SystemsSpec(warmup=0, latency_requests=1000, max_seconds=0.05)
+    lat = systems.single_stream(rec, requests(), spec, systems.Clock(), np.random.default_rng(0))
+    assert 1 <= len(lat) < 1000
+
+
+def test_offline_throughput_batches_cover_every_user():
+    rec = Recorder()
+    rate, done = systems.offline_throughput(rec, requests(70), 32, systems.Clock(), 10.0)
+    assert rec.batches == [32, 32, 6] and done == 70 and rate > 0
+    rec = Recorder()
+    systems.offline_throughput(rec, requests(70), 0, systems.Clock(), 10.0)
+    assert rec.batches == [70]
+
+
+def test_server_below_capacity_achieves_the_offered_rate():
+    rec = Recorder(0.001)
+    result = systems.server(rec, requests(), rate=100.0, n_requests=200, clock=systems.Clock(),
+                            rng=np.random.default_rng(1), max_seconds=30)
+    assert len(result.latencies) == 200
+    assert result.latencies.min() >= 0.001
+    # 200 Poisson arrivals at 100/s: the achieved rate is the empirical arrival rate (sd ~ 7%)
+    assert 70 < result.achieved_rate < 130
+
+
+def test_server_above_capacity_saturates_and_queues():
+    rec = Recorder(0.002)  # capacity 500 requests/s at most
+    result = systems.server(rec, requests(), rate=2000.0, n_requests=100, clock=systems.Clock(),
+                            rng=np.random.default_rng(2), max_seconds=30)
+    assert result.achieved_rate < 520
+    # the 100th request arrives after ~50 ms but completes after >= 200 ms: queueing counts
+    assert result.p99_ms > 100
+
+
+def test_max_rate_search_with_an_unreachable_target_is_capacity_bound():
+    rec = Recorder(0.0)
+    best = systems.max_rate_at_p99(rec, requests(), target_ms=1e9, n_requests=20, clock=systems.Clock(),
+                                   rng=np.random.default_rng(3), max_seconds=5, mean_service_s=0.01, steps=4)
+    # every bisection step passes: low = capacity * (1 - 2**-4) with capacity = 100/s
+    assert best == pytest.approx(100 * (1 - 2 ** -4))
+    none = systems.max_rate_at_p99(Recorder(0.002), requests(), target_ms=0.5, n_requests=20,
+                                   clock=systems.Clock(), rng=np.random.default_rng(3), max_seconds=5,
+                                   mean_service_s=0.002, steps=3)
+    assert none == 0.0  # a 2 ms service can never meet a 0.5 ms p99
+
+
+def test_measure_fit_sees_allocation_and_cpu_versus_wall():
+    held = []
+
+    def fit():
+        held.append(np.ones(40_000_000))  # 305 MiB, touched
+        time.sleep(0.05)
+
+    cost = systems.measure_fit(fit, lambda: 1234)
+    assert cost.model_bytes == 1234
+    assert cost.wall_seconds >= 0.05
+    assert cost.cpu_seconds < cost.wall_seconds
+    if cost.peak_is_per_fit:
+        assert cost.rss_increase_mb is not None and cost.rss_increase_mb > 250
+    assert cost.peak_rss_mb > 300
+    held.clear()
+    small = systems.measure_fit(lambda: None, lambda: 0)
+    if small.peak_is_per_fit:  # the high-water mark was reset: the earlier 305 MiB does not count
+        assert small.rss_increase_mb is not None and small.rss_increase_mb < 100
+    assert set(small.figures()) >= {"fit_seconds", "fit_cpu_seconds", "model_bytes", "fit_peak_rss_mb"}
+
+
+def test_timer_overhead_is_small_and_positive():
+    ns = systems.Clock().overhead_ns(200)
+    assert 0 < ns < 1e6
+
+
+def test_measure_serving_names_and_counts():
+    spec = systems.SystemsSpec(warmup=1, latency_requests=10, batch_sizes=[1, 8, 0], server_rate=500.0,
+                               server_requests=20)
+    figures, details = systems.measure_serving(Recorder(), requests(20), spec)
+    assert {"latency_p50_ms", "latency_p99_ms", "throughput_users_per_s@batch=1",
+            "throughput_users_per_s@batch=8", "throughput_users_per_s@batch=all", "server_achieved_rate",
+            "server_latency_p99_ms", "timer_overhead_ns"} <= set(figures)
+    assert figures["latency_p50_ms"][1] == 10
+    assert figures["throughput_users_per_s@batch=all"][1] == 20
+    assert details["users"] == 20 and details["device"] == "cpu"
+
+
+def test_machine_mismatch():
+    a = {"machine": {"cpu": "Xeon", "cpu_count": 2, "memory_gib": 24.0, "gpu": None}, "device": "cpu"}
+    assert systems.machine_mismatch(a, a) is None
+    b = {**a, "machine": {**a["machine"], "cpu": "EPYC"}}
+    assert "cpu: 'Xeon' vs 'EPYC'" in systems.machine_mismatch(a, b)
+
+
+@pytest.mark.parametrize("table, culprit", [
+    ({"latency_request": 5}, "latency_request"),
+    ({"batch_sizes": [1, -2]}, "batch_sizes"),
+    ({"server_rate": "fast"}, "server_rate"),
+    ({"max_seconds": 0}, "max_seconds"),
+])
+def test_bad_systems_config_names_the_key(table, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        systems.parse_systems(table, "suite.toml")
+
+
+def tiny_suite(systems_table: dict) -> dict:
+    return {
+        "name": "tiny", "evaluation": {"k": [5, 10], "bootstrap": 0, "systems": systems_table},
+        "datasets": [{"name": "synthetic", "params": {"n_users": 120, "n_items": 80, "n_interactions": 3000}}],
+        "splits": [{"kind": "random"}],
+        "models": [{"name": "pop"}, {"name": "als", "params": {"factors": 8, "iterations": 3}}],
+    }
+
+
+def test_runner_writes_systems_rows(tmp_path):
+    config = parse_suite(tiny_suite({"latency_requests": 15, "warmup": 2, "batch_sizes": [1, 0]}), "test")
+    summary = run_suite(config, out_root=tmp_path, progress=None)
+    frame, _ = load_results(summary.run_dir)
+    sys_rows = frame[frame["k"] == 0]
+    for model in ("pop", "als"):
+        mine = sys_rows[sys_rows["model"] == model]
+        metrics = set(mine["metric"])
+        assert {"fit_seconds", "fit_cpu_seconds", "model_bytes", "fit_peak_rss_mb", "latency_p50_ms",
+                "latency_p99_ms", "throughput_users_per_s@batch=1", "throughput_users_per_s@batch=all",
+                "timer_overhead_ns"} <= metrics
+        p50 = mine[mine["metric"] == "latency_p50_ms"].iloc[0]
+        p99 = mine[mine["metric"] == "latency_p99_ms"].iloc[0]
+        assert p50["n"] == 15 and 0 < p50["value"] <= p99["value"]
+        assert (mine[mine["metric"] == "fit_peak_rss_mb"]["segment"] == "fit").all()
+    als_bytes = sys_rows[(sys_rows["model"] == "als") & (sys_rows["metric"] == "model_bytes")]["value"].iloc[0]
+    data = load_dataset("synthetic", None, None, n_users=120, n_items=80, n_interactions=3000)
+    assert als_bytes == (data.n_users + data.n_items) * 8 * 4  # float32 user + item factors, 8 each
+
+
+def test_systems_can_be_switched_off(tmp_path):
+    config = parse_suite(tiny_suite({"enabled": False}), "test")
+    frame, _ = load_results(run_suite(config, out_root=tmp_path, progress=None).run_dir)
+    assert not frame["metric"].str.startswith("latency_").any()
+    assert "fit_seconds" in set(frame["metric"])
+
+
+def test_cuda_timing_and_peak_memory():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    held = []
+    cost = systems.measure_fit(lambda: held.append(torch.ones(64 * 2**20 // 4, device="cuda")), lambda: 0, "cuda")
+    assert cost.peak_gpu_mb is not None and cost.peak_gpu_mb >= 64
+    assert systems.Clock("cuda").overhead_ns(50) > 0
