@@ -32,7 +32,10 @@ from typing import Any
 from bench import grid, registry
 from bench.errors import ConfigError
 from bench.execution import ExecutionSpec
+from bench.protocol import Capabilities
+from bench.realtime import RealtimeSpec, parse_realtime
 from bench.registry import suggest
+from bench.systems import SystemsSpec, parse_systems
 
 
 @dataclass
@@ -76,6 +79,9 @@ class EvaluationSpec:
     # "full" ranking, or "uniN" / "popN" sampled negatives (bench.protocols); part of every cell's identity
     protocol: str = "full"
     negatives_per: str = "test_item"  # sampled protocols: N per "test_item" (RecBole) or per "user" (Elliot)
+    # [evaluation.systems] / [evaluation.realtime]: latency, throughput, memory; freshness replay
+    systems: SystemsSpec = field(default_factory=SystemsSpec)
+    realtime: RealtimeSpec = field(default_factory=RealtimeSpec)
 
 
 @dataclass
@@ -106,7 +112,7 @@ _DATASET = {"name": str, "params": dict, "implicit": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list}
 _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
-         "max_test_users": int, "protocol": str, "negatives_per": str}
+         "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str}
 _DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -188,7 +194,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
 
     models = []
     labels: set[str] = set()
-    for i, table in enumerate(raw["models"]):
+    for i, table in enumerate(expand_capability_selectors(raw["models"], source)):
         where = f"models[{i}]."
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: models[{i}] must be a table")
@@ -207,6 +213,8 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
     ev_raw = raw.get("evaluation", {})
     _check_keys(ev_raw, _EVAL, "evaluation.", source)
     evaluation = EvaluationSpec(**{k: copy.deepcopy(v) for k, v in ev_raw.items()})
+    evaluation.systems = parse_systems(evaluation.systems, source)
+    evaluation.realtime = parse_realtime(evaluation.realtime, source)
     if not evaluation.k or not all(isinstance(k, int) and k >= 1 for k in evaluation.k):
         raise ConfigError(f"{source}: evaluation.k must be a non-empty list of integers >= 1, got {evaluation.k!r}")
     _check_metrics_and_protocol(evaluation, source)
@@ -235,6 +243,38 @@ def config_from_dict(stored: dict[str, Any], source: str) -> SuiteConfig:
 
     raw = drop_none({k: v for k, v in stored.items() if k != "source"})
     return parse_suite(raw, source)
+
+
+def expand_capability_selectors(tables: list[Any], source: str) -> list[Any]:
+    """``[[models]] capability = "update"`` stands for every registered model declaring it.
+
+    Resolved against the registry when the suite is loaded, so a plug-in
+    installed later joins suites like ``realtime`` without editing them. Models
+    listed by name keep their parameters; plug-ins whose extra is not installed
+    are left out.
+    """
+    named = {t.get("name") for t in tables if isinstance(t, dict) and "name" in t}
+    out: list[Any] = []
+    for i, table in enumerate(tables):
+        if not (isinstance(table, dict) and "capability" in table):
+            out.append(table)
+            continue
+        capability = table["capability"]
+        if set(table) != {"capability"} or capability not in Capabilities.__dataclass_fields__ \
+                or not isinstance(getattr(Capabilities(), capability), bool):
+            raise ConfigError(f"{source}: models[{i}] selects by capability; it takes only "
+                              f"capability = one of cold_users, cold_users_zero_shot, cold_items, update")
+        for name in registry.models.names():
+            if name in named:
+                continue
+            try:
+                cls = registry.models.get(name)
+            except ConfigError:
+                continue  # optional extra not installed: cannot take part here
+            if getattr(getattr(cls, "capabilities", None), capability, False):
+                out.append({"name": name})
+                named.add(name)
+    return out
 
 
 def _check_metrics_and_protocol(evaluation: EvaluationSpec, source: str) -> None:

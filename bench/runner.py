@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from bench import metrics as metric_lib
 from bench import protocols as eval_protocols
-from bench import grid, provenance, registry
+from bench import grid, provenance, realtime, registry, systems
 from bench.config import DatasetSpec, ModelSpec, SplitSpec, SuiteConfig
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.errors import ConfigError
@@ -198,15 +198,14 @@ class CellRunner:
             model: Recommender = cls(seed=self.seed, device=self.config.device, **mspec.params)
             base = self.base_row(mspec, model.params, cid)
             info["model_description"] = model.describe()
-            wall, cpu = time.perf_counter(), time.process_time()
-            model.fit(self.train)
-            fit_wall, fit_cpu = time.perf_counter() - wall, time.process_time() - cpu
-            info["fit_seconds"], info["fit_cpu_seconds"] = fit_wall, fit_cpu
-            for name, value in (("fit_seconds", fit_wall), ("fit_cpu_seconds", fit_cpu),
-                                ("model_bytes", float(model.size_bytes()))):
+            fit_cost = systems.measure_fit(lambda: model.fit(self.train), model.size_bytes, model.device)
+            info["fit_seconds"], info["fit_cpu_seconds"] = fit_cost.wall_seconds, fit_cost.cpu_seconds
+            info["systems"] = {"device": model.device, "fit_peak_is_per_fit": fit_cost.peak_is_per_fit}
+            for name, value in fit_cost.figures().items():
                 rows.append(self.system_row(base, "fit", name, value))
             for segment in self.split.segments(self.dataset):
                 rows.extend(self.run_segment(model, mspec, segment, base, cell_dir, info))
+            rows.extend(self.run_realtime(model, mspec, base, cell_dir, info))
             rows.extend(grid.validation_rows(self, mspec, base))  # grid points only: score on a carve of train
             info["status"] = "ok"
         except Exception as exc:  # one broken model must not end the suite
@@ -266,7 +265,35 @@ class CellRunner:
         rows.append(self.system_row(base, segment.name, "recommend_seconds", seconds))
         rows.append(self.system_row(base, segment.name, "users_per_second", len(data.users) / max(seconds, 1e-12)))
         info["segments"][segment.name] = {"status": "ok", "users": int(len(data.users)), "recommend_seconds": seconds}
+        rows.extend(self.measure_serving(model, data, k_max, base, info["segments"][segment.name]))
         return rows
+
+    def measure_serving(self, model: Recommender, data: SegmentData, k: int, base: dict[str, Any],
+                        segment_info: dict[str, Any]) -> list[dict[str, Any]]:
+        """Latency / throughput / server figures of one segment (bench.systems), as k=0 rows."""
+        spec = self.config.evaluation.systems
+        if not spec.enabled:
+            return []
+        requests = systems.Requests(data.users, k, data.history, data.exclude, data.candidates)
+        figures, details = systems.measure_serving(model.recommend, requests, spec, device=model.device,
+                                                   seed=self.seed)
+        segment_info["systems"] = details | {name: value for name, (value, _n) in figures.items()}
+        return [self.system_row(base, data.segment.name, name, value) | {"n": n}
+                for name, (value, n) in figures.items()]
+
+    def run_realtime(self, model: Recommender, mspec: ModelSpec, base: dict[str, Any], cell_dir: Path,
+                     info: dict[str, Any]) -> list[dict[str, Any]]:
+        """Freshness: update cost and prequential replay on temporal splits (bench.realtime)."""
+        spec = self.config.evaluation.realtime
+        if not realtime.applies(spec, self.split.kind):
+            return []
+        cls = registry.models.get(mspec.name)
+        make_model = lambda: cls(seed=self.seed, device=self.config.device, **mspec.params)  # noqa: E731
+        d = self.dataset
+        log = realtime.event_log(d.user, d.item, d.weight, d.timestamp, self.train.side, self.split.train,
+                                 self.split.stats["cut_timestamp"], spec.max_events)
+        return realtime.run_cell(model, make_model, log, spec, base, cell_dir, info, self.seed,
+                                 self.split.stats["cut_timestamp"])
 
 
 # -- the suite -----------------------------------------------------------------
