@@ -36,7 +36,7 @@ class ExecutionSpec:
 
     isolation: str = "process"  # "process": forked child per cell; "none": in this process (debugging)
     timeout: float = 0.0  # seconds per cell; 0 = no limit (needs isolation = "process")
-    memory_limit_gb: float = 0.0  # address-space cap per cell; 0 = none (needs isolation = "process")
+    memory_limit_gb: float = 0.0  # address space a cell may add to what it inherits; 0 = none (needs "process")
 
     def validate(self, source: str) -> None:
         if self.isolation not in ISOLATION_MODES:
@@ -59,13 +59,25 @@ def _die_with_parent() -> None:
         pass
 
 
+def _address_space_bytes() -> int:
+    """Current virtual memory size of this process (VmSize), 0 where unknown."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _child_main(runner: "CellRunner", mspec: "ModelSpec", cid: str, memory_limit_gb: float) -> None:
     code = 1
     try:
         _die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         if memory_limit_gb:
-            limit = int(memory_limit_gb * 2**30)
+            # The child inherits the parent's address space; the limit is what the cell may add to it.
+            limit = _address_space_bytes() + int(memory_limit_gb * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         runner.run(mspec, cid)
         code = 0

@@ -1,0 +1,12 @@
+"""`python tests/plugins/run_bench.py ARGS` = `bench ARGS` with the faulty test models registered."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import faulty_models  # noqa: E402,F401
+
+from bench.cli import main  # noqa: E402
+
+sys.exit(main(sys.argv[1:]))
