@@ -43,7 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue an interrupted run in RUN_DIR with the config stored there")
     run.add_argument("--force", action="store_true", help="re-run cells that already finished")
+    run.add_argument("--no-report", action="store_true", help="do not write RUN_DIR/report.html and report.md")
     add_data_options(run)
+
+    report = sub.add_parser("report", help="write a self-contained HTML report (and a Markdown leaderboard) "
+                                           "for a run folder")
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (printed by `bench run`)")
+    report.add_argument("--compare", type=Path, metavar="OTHER_RUN_DIR", help="show deltas against this run")
+    report.add_argument("--out", type=Path, metavar="FILE", help="HTML file (default RUN_DIR/report.html); "
+                                                                 "the .md summary is written beside it")
+    report.add_argument("--metric", default="ndcg@10", help="headline metric for the summary and the plots "
+                                                            "(default ndcg@10)")
 
     lst = sub.add_parser("list", help="list registered models, datasets, metrics or suites")
     lst.add_argument("what", choices=["models", "datasets", "metrics", "suites"])
@@ -146,7 +156,30 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{summary.skipped} reused)")
     for failure in summary.failures:
         print(f"FAILED {failure}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    report_failed = False if args.no_report else not write_run_report(summary.run_dir)
+    return 1 if summary.failed or report_failed else 0
+
+
+def write_run_report(run_dir: Path) -> bool:
+    """The report at the end of `bench run`; a report problem never loses the run's results."""
+    from bench.report import write_report
+
+    try:
+        files = write_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - results are saved; say how to retry
+        print(f"bench: the report could not be written ({type(exc).__name__}: {exc}); results are saved, "
+              f"retry with `bench report {run_dir}`", file=sys.stderr)
+        return False
+    print(f"report: {files.html} (summary {files.markdown.name})")
+    return True
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+
+    files = write_report(args.run_dir, compare=args.compare, out=args.out, metric=args.metric)
+    print(f"report: {files.html}\nsummary: {files.markdown}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -182,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        handler = {"run": cmd_run, "list": cmd_list}[args.command]
+        handler = {"run": cmd_run, "list": cmd_list, "report": cmd_report}[args.command]
         return handler(args)
     except UsageError as exc:
         print(exc, file=sys.stderr)

@@ -48,3 +48,67 @@ def paired_bootstrap_pvalue(a: np.ndarray, b: np.ndarray, n_resamples: int = 10_
     means = centred[draws].mean(1) if n * n_resamples <= 20_000_000 else np.array(
         [centred[rng.integers(0, n, n)].mean() for _ in range(n_resamples)])
     return float((np.sum(np.abs(means) >= abs(observed)) + 1) / (n_resamples + 1))
+
+
+def paired_ttest_pvalues(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two-sided paired t-test p-value per column of ``a`` and ``b`` (rows = the same users).
+
+    The test IR evaluation usually reports for per-user metric differences
+    (``scipy.stats.ttest_rel``); it is cheap enough to run for every column of a
+    leaderboard, where a bootstrap per column would dominate report time.
+    Identical columns (zero variance of the difference) get p = 1; columns with
+    NaN or fewer than two users get NaN (no test possible).
+    """
+    from scipy.stats import ttest_rel
+
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64).T).T
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64).T).T
+    if a.shape != b.shape:
+        raise ValueError(f"paired test needs equal shapes, got {a.shape} and {b.shape}")
+    out = np.full(a.shape[1], np.nan)
+    if a.shape[0] < 2:
+        return out
+    diff = a - b
+    finite = np.isfinite(diff).all(0)
+    constant = finite & (np.ptp(np.where(np.isfinite(diff), diff, 0.0), axis=0) == 0)
+    out[constant] = np.where(diff[0, constant] == 0, 1.0, 0.0)  # all-equal non-zero shift: certain difference
+    test = finite & ~constant
+    if test.any():
+        out[test] = ttest_rel(a[:, test], b[:, test], axis=0).pvalue
+    return out
+
+
+def holm_adjust(pvalues: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (family-wise error control, any dependence).
+
+    Sorted ascending, the i-th smallest of m p-values is multiplied by (m - i),
+    running maxima keep the order, capped at 1. NaN entries are left out of the
+    family and stay NaN.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    m = valid.size
+    if m == 0:
+        return out
+    order = valid[np.argsort(p[valid], kind="stable")]
+    scaled = p[order] * (m - np.arange(m))
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+def welch_ttest_pvalue(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Welch t-test p-value for unpaired samples (different users, e.g. different splits).
+
+    NaN values are dropped; fewer than two values on either side gives NaN.
+    """
+    from scipy.stats import ttest_ind
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size < 2 or b.size < 2:
+        return float("nan")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return 1.0 if a[0] == b[0] else 0.0
+    return float(ttest_ind(a, b, equal_var=False).pvalue)

@@ -1,0 +1,13 @@
+"""The self-contained HTML comparison report and its Markdown leaderboard.
+
+``write_report(run_dir, compare=..., out=...)`` is what ``bench report`` and the
+end of ``bench run`` call. Modules: ``rundata`` (reading a run folder),
+``tables`` (leaderboards, significance, systems, model details), ``plots``
+(matplotlib figures as inline SVG), ``markdown`` (the summary), ``render``
+(Jinja2 templates shipped in ``templates/``).
+"""
+
+from bench.report.render import DEFAULT_METRIC, ReportFiles, write_report
+from bench.report.rundata import ReportError, load_run
+
+__all__ = ["DEFAULT_METRIC", "ReportError", "ReportFiles", "load_run", "write_report"]

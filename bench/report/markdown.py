@@ -1,0 +1,60 @@
+"""The leaderboard as Markdown, for CI logs and pull-request comments.
+
+Pull-request comments render inline HTML and Markdown, so data-derived text is
+HTML-escaped and Markdown's active characters are backslash-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from bench.report.tables import ALPHA, SIGNIFICANCE_METHOD, Leaderboard, fmt
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def md_escape(text: object) -> str:
+    """Literal text inside a Markdown table cell."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False)).replace("\n", " ")
+
+
+def summary_columns(board: Leaderboard, headline_k: int) -> list[str]:
+    """Every metric at the headline cut-off (the full grid of k stays in the HTML)."""
+    keys = [c.key for c in board.columns if c.k == headline_k]
+    return keys or [c.key for c in board.columns]
+
+
+def leaderboard_markdown(boards: list[Leaderboard], *, suite: str, run_id: str, headline: str,
+                         html_name: str, compare_id: str | None = None) -> str:
+    """One table per leaderboard; **bold** = best, † = not significantly different from the best."""
+    headline_k = int(headline.partition("@")[2] or 10)
+    lines = [f"## bench report: suite `{md_escape(suite)}`, run `{md_escape(run_id)}`", "",
+             f"**bold** = best in column; † = not significantly different from the best "
+             f"({SIGNIFICANCE_METHOD}); *not served* = the model lacks the capability. "
+             f"Metrics at k={headline_k}; every k with 95% CIs is in {md_escape(html_name)}."]
+    if compare_id:
+        lines.append(f"Deltas against run `{md_escape(compare_id)}` in parentheses; ▲/▼ = significant "
+                     f"(p_adj < {ALPHA}) improvement/regression.")
+    for board in boards:
+        keys = summary_columns(board, headline_k)
+        lines += ["", f"### {md_escape(board.title)}", "",
+                  "| model | " + " | ".join(md_escape(k) for k in keys) + " |",
+                  "|---|" + "---:|" * len(keys)]
+        for model in board.models:
+            cells = []
+            for key in keys:
+                cell = board.cell(model, key)
+                if cell.status == "ok":
+                    text = fmt(cell.value)
+                    text = f"**{text}**" if cell.best else text + (" †" if cell.tied else "")
+                    if cell.delta is not None:
+                        mark = "" if not cell.delta.significant else (" ▲" if cell.delta.better else " ▼")
+                        text += f" ({cell.delta.value:+.3g}{mark})"
+                else:
+                    text = f"*{cell.text}*"
+                cells.append(text)
+            lines.append(f"| {md_escape(model)} | " + " | ".join(cells) + " |")
+        for note in board.notes:
+            lines.append(f"\n_{md_escape(note)}_")
+    return "\n".join(lines) + "\n"

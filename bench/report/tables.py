@@ -1,0 +1,593 @@
+"""The report's tables, computed from a run folder: leaderboards with CIs and
+significance markers, deltas against another run, systems figures, model details.
+
+Significance (named in the report by :data:`SIGNIFICANCE_METHOD`): in every
+leaderboard column the best model is compared with each other model by a
+two-sided paired t-test over per-user values (users matched by seed and user
+id), and the p-values of that column are Holm-corrected; a model whose
+adjusted p is >= :data:`ALPHA` is marked "not significantly different from the
+best". Aggregate-only metrics (coverage) have no per-user values and no test.
+
+Rows read from the tidy table (see ``bench.results`` and ``bench.systems``):
+accuracy metrics are rows with ``k > 0``; status ``unsupported`` rows become
+"not served"; a failed cell is the row ``metric == "error"``; systems figures
+are rows with ``k == 0`` (segment ``fit`` for fitting, the scored segment for
+serving), by the names in :data:`FIT_FIGURES` and :data:`SERVE_FIGURES` plus
+``throughput_users_per_s@batch=B``; unknown ``k == 0`` names are still shown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import registry
+from bench.metrics import DEFAULT_METRICS
+from bench.report.rundata import RunData
+from bench.stats import bootstrap_ci, holm_adjust, paired_ttest_pvalues, welch_ttest_pvalue
+
+ALPHA = 0.05
+SIGNIFICANCE_METHOD = ("two-sided paired t-test over per-user values (users matched by seed and user id; "
+                       "scipy.stats.ttest_rel), Holm-Bonferroni correction over the models compared with the "
+                       f"best in each column, alpha = {ALPHA}")
+COMPARE_METHOD = ("paired t-test over the users both runs scored when their split fingerprints match, otherwise "
+                  f"Welch's t-test; Holm-Bonferroni correction over all deltas of a table, alpha = {ALPHA}")
+
+# k = 0 figures and how to show them: name -> (column title, unit formatter key)
+FIT_FIGURES: dict[str, str] = {
+    "fit_seconds": "fit wall (s)",
+    "fit_cpu_seconds": "fit CPU (s)",
+    "model_bytes": "model size",
+    "fit_peak_rss_mb": "fit peak RSS (MB)",
+    "fit_rss_increase_mb": "fit RSS increase (MB)",
+    "fit_peak_gpu_mb": "fit peak GPU (MB)",
+}
+SERVE_FIGURES: dict[str, str] = {
+    "latency_mean_ms": "latency mean (ms)",
+    "latency_p50_ms": "latency p50 (ms)",
+    "latency_p90_ms": "latency p90 (ms)",
+    "latency_p95_ms": "latency p95 (ms)",
+    "latency_p99_ms": "latency p99 (ms)",
+    "users_per_second": "users/s (whole segment)",
+    "recommend_seconds": "recommend (s, whole segment)",
+    "server_target_rate": "server target rate (req/s)",
+    "server_achieved_rate": "server achieved rate (req/s)",
+    "server_latency_p50_ms": "server p50 (ms)",
+    "server_latency_p99_ms": "server p99 (ms)",
+    "server_max_rate_at_p99": "max rate at p99 target (req/s)",
+    "serve_peak_gpu_mb": "serve peak GPU (MB)",
+    "timer_overhead_ns": "timer overhead (ns)",
+}
+THROUGHPUT_PREFIX = "throughput_users_per_s@batch="
+NOT_FIGURES = {"error"}
+# bench.realtime's segments: shown in the real-time section, not in leaderboards or systems tables
+REALTIME_SEGMENTS = ("replay:", "update-cost")
+
+
+def is_realtime(segment: pd.Series) -> pd.Series:
+    return segment.str.startswith(REALTIME_SEGMENTS)
+
+
+def metric_direction(name: str) -> bool | None:
+    """higher_is_better of a registered metric; None when the name is unknown."""
+    try:
+        return bool(registry.metrics.get(name).higher_is_better)
+    except Exception:  # noqa: BLE001 - an unregistered metric (another plug-in) is shown, undirected
+        return None
+
+
+def metric_sort_key(name: str) -> tuple[int, str]:
+    """Suite-default metrics in their usual order, a variant (``map[denominator=test]``) beside its base."""
+    base = name.split("@")[0].split("[")[0]
+    return (DEFAULT_METRICS.index(base) if base in DEFAULT_METRICS else len(DEFAULT_METRICS), name)
+
+
+def segment_sort_key(segment: str) -> tuple[int, float, str]:
+    """``all`` first, then k-shot levels by number of shots, then cold items, then anything else."""
+    if segment == "all":
+        return (0, 0.0, segment)
+    match = re.fullmatch(r"shots=(\d+)", segment)
+    if match:
+        return (1, float(match.group(1)), segment)
+    if segment == "cold-items":
+        return (2, 0.0, segment)
+    return (3, 0.0, segment)
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """Compact numbers: 0.3027, 5.213, 150.3, 1.2e+04."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def fmt_bytes(value: float) -> str:
+    if not math.isfinite(value):
+        return "–"
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+# -- leaderboards -----------------------------------------------------------------
+
+
+@dataclass
+class Column:
+    metric: str
+    k: int
+    higher_is_better: bool | None
+    per_user: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric}@{self.k}"
+
+
+@dataclass
+class Delta:
+    """Change of one leaderboard cell against the compared run."""
+
+    other: float
+    value: float
+    p_adj: float = float("nan")
+    significant: bool = False
+    better: bool | None = None  # direction-aware; None for undirected metrics or no change
+
+
+@dataclass
+class Cell:
+    status: str  # ok | unsupported | failed | missing
+    value: float = float("nan")
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
+    best: bool = False
+    tied: bool = False  # not significantly different from the best
+    p_adj: float = float("nan")
+    tested: bool = False
+    delta: Delta | None = None
+
+    @property
+    def text(self) -> str:
+        return {"unsupported": "not served", "failed": "failed", "missing": "–"}.get(self.status, fmt(self.value))
+
+    @property
+    def ci_text(self) -> str:
+        if self.status != "ok" or not math.isfinite(self.ci_low):
+            return ""
+        return f"[{fmt(self.ci_low, 3)}, {fmt(self.ci_high, 3)}]"
+
+
+@dataclass
+class Leaderboard:
+    dataset: str
+    split: str
+    protocol: str
+    segment: str
+    split_params: str
+    columns: list[Column]
+    models: list[str]
+    cells: dict[tuple[str, str], Cell]  # (model, column key) -> cell
+    n_users: int
+    seeds: list[int]
+    notes: list[str] = field(default_factory=list)
+    values: dict[str, "ModelValues | None"] = field(default_factory=dict, repr=False)  # per-user, for --compare
+
+    @property
+    def title(self) -> str:
+        proto = "" if self.protocol == "full" else f", protocol {self.protocol}"
+        return f"{self.dataset} · {self.split} split · segment {self.segment}{proto}"
+
+    @property
+    def anchor(self) -> str:
+        return "lb-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{self.dataset}-{self.split}-{self.protocol}-{self.segment}")
+
+    def cell(self, model: str, column: str) -> Cell:
+        return self.cells.get((model, column), Cell("missing"))
+
+    def column(self, key: str) -> Column | None:
+        return next((c for c in self.columns if c.key == key), None)
+
+    def row_status(self, model: str) -> str:
+        statuses = {self.cell(model, c.key).status for c in self.columns}
+        return "ok" if "ok" in statuses else (statuses.pop() if len(statuses) == 1 else "missing")
+
+
+def _key_array(seeds: np.ndarray, users: np.ndarray) -> np.ndarray:
+    return seeds.astype(np.int64) * (1 << 32) + users.astype(np.int64)
+
+
+@dataclass
+class ModelValues:
+    """A model's per-user matrix over all seeds of one segment: rows keyed by (seed, user)."""
+
+    keys: np.ndarray
+    values: np.ndarray
+    columns: list[str]
+
+    def column(self, name: str) -> np.ndarray | None:
+        return self.values[:, self.columns.index(name)] if name in self.columns else None
+
+
+def model_values(run: RunData, rows: pd.DataFrame, segment: str) -> ModelValues | None:
+    """Stack the per-user files of a model's cells (one per seed) for one segment."""
+    parts_keys, parts_values, columns = [], [], None
+    for seed, cid in rows[["seed", "cell_id"]].drop_duplicates().itertuples(index=False):
+        pu = run.per_user(str(cid), segment)
+        if pu is None:
+            continue
+        if columns is None:
+            columns = pu.columns
+        elif pu.columns != columns:
+            pu_index = [pu.columns.index(c) if c in pu.columns else None for c in columns]
+            pu = type(pu)(pu.users, np.column_stack([pu.values[:, i] if i is not None else
+                                                      np.full(len(pu.users), np.nan) for i in pu_index]), columns)
+        parts_keys.append(_key_array(np.full(len(pu.users), int(seed)), pu.users))
+        parts_values.append(pu.values)
+    if columns is None:
+        return None
+    return ModelValues(np.concatenate(parts_keys), np.concatenate(parts_values), columns)
+
+
+def _aligned(a: ModelValues, b: ModelValues, column: str) -> tuple[np.ndarray, np.ndarray]:
+    _, ia, ib = np.intersect1d(a.keys, b.keys, assume_unique=True, return_indices=True)
+    va, vb = a.column(column), b.column(column)
+    if va is None or vb is None:
+        return np.empty(0), np.empty(0)
+    return va[ia], vb[ib]
+
+
+def _mark_best_and_ties(board: Leaderboard, values: dict[str, ModelValues | None]) -> None:
+    for column in board.columns:
+        ok = [(m, board.cells[(m, column.key)]) for m in board.models
+              if (m, column.key) in board.cells and board.cells[(m, column.key)].status == "ok"
+              and math.isfinite(board.cells[(m, column.key)].value)]
+        if not ok or column.higher_is_better is None:
+            continue
+        sign = 1.0 if column.higher_is_better else -1.0
+        best_value = max(sign * c.value for _, c in ok)
+        best_models = [m for m, c in ok if sign * c.value == best_value]
+        for m in best_models:
+            board.cells[(m, column.key)].best = True
+        if not column.per_user:
+            continue
+        reference = values.get(best_models[0])
+        others = [(m, c) for m, c in ok if m not in best_models]
+        raw = []
+        for m, c in others:
+            mv = values.get(m)
+            if reference is None or mv is None:
+                raw.append(float("nan"))
+                continue
+            a, b = _aligned(reference, mv, column.key)
+            raw.append(float(paired_ttest_pvalues(a, b)[0]) if a.size >= 2 else float("nan"))
+        adjusted = holm_adjust(np.array(raw))
+        for (m, c), p in zip(others, adjusted):
+            c.p_adj = float(p)
+            c.tested = bool(math.isfinite(p))
+            c.tied = bool(math.isfinite(p) and p >= ALPHA)
+
+
+def leaderboards(run: RunData) -> list[Leaderboard]:
+    """One leaderboard per dataset x split x protocol x segment, every metric at every k."""
+    frame = run.frame
+    accuracy = frame[(frame["k"] > 0) & (frame["metric"] != "error") & ~is_realtime(frame["segment"])]
+    failed = frame[frame["metric"] == "error"]
+    order = run.model_order()
+    boards = []
+    keys = accuracy[["dataset", "split", "protocol", "segment"]].drop_duplicates()
+    keys = sorted(keys.itertuples(index=False), key=lambda r: (r.dataset, split_rank(run, r.split), r.protocol,
+                                                               segment_sort_key(r.segment)))
+    failed_splits = {(r.dataset, r.split, r.model) for r in failed.itertuples()}
+    for key in keys:
+        sub = accuracy[(accuracy["dataset"] == key.dataset) & (accuracy["split"] == key.split)
+                       & (accuracy["protocol"] == key.protocol) & (accuracy["segment"] == key.segment)]
+        in_split = set(frame[(frame["dataset"] == key.dataset) & (frame["split"] == key.split)]["model"])
+        models = [m for m in order if m in in_split]
+        pairs = sorted({(r.metric, int(r.k)) for r in sub[["metric", "k"]].itertuples(index=False)},
+                       key=lambda mk: (metric_sort_key(mk[0]), mk[1]))
+        columns = [Column(m, k, metric_direction(m)) for m, k in pairs]
+        cells: dict[tuple[str, str], Cell] = {}
+        values: dict[str, ModelValues | None] = {}
+        seeds = sorted(int(s) for s in sub["seed"].unique())
+        for model in models:
+            msub = sub[sub["model"] == model]
+            if msub.empty:
+                status = "failed" if (key.dataset, key.split, model) in failed_splits else "missing"
+                for column in columns:
+                    cells[(model, column.key)] = Cell(status)
+                continue
+            ok = msub[msub["status"] == "ok"]
+            values[model] = model_values(run, ok, key.segment) if not ok.empty else None
+            for column in columns:
+                crow = msub[(msub["metric"] == column.metric) & (msub["k"] == column.k)]
+                okrow = crow[crow["status"] == "ok"]
+                if okrow.empty:
+                    status = "unsupported" if (crow["status"] == "unsupported").any() else (
+                        "failed" if (key.dataset, key.split, model) in failed_splits else "missing")
+                    cells[(model, column.key)] = Cell(status)
+                    continue
+                cell = Cell("ok", float(okrow["value"].mean()))
+                if len(okrow) == 1:
+                    cell.ci_low, cell.ci_high = float(okrow["ci_low"].iloc[0]), float(okrow["ci_high"].iloc[0])
+                else:  # several seeds: one CI over all (seed, user) values
+                    mv = values[model]
+                    col = None if mv is None else mv.column(column.key)
+                    if col is not None and np.isfinite(col).all():
+                        low, high = bootstrap_ci(col)
+                        cell.ci_low, cell.ci_high = float(low[0]), float(high[0])
+                cells[(model, column.key)] = cell
+        for column in columns:
+            column.per_user = any(v is not None and (c := v.column(column.key)) is not None and np.isfinite(c).any()
+                                  for v in values.values())
+        n_users = int(sub[sub["status"] == "ok"]["n"].max()) if (sub["status"] == "ok").any() else 0
+        board = Leaderboard(key.dataset, key.split, key.protocol, key.segment,
+                            str(sub["split_params"].iloc[0]) if len(sub) else "", columns, models, cells,
+                            n_users, seeds, values=values)
+        _mark_best_and_ties(board, values)
+        undirected = [c.metric for c in columns if c.higher_is_better is None]
+        if undirected:
+            board.notes.append("no best marked for unregistered metrics: " + ", ".join(sorted(set(undirected))))
+        boards.append(board)
+    return boards
+
+
+def split_rank(run: RunData, split: str) -> int:
+    """Position of a split kind in the suite file (report order follows the suite)."""
+    kinds = [s.get("kind") for s in run.config.get("splits", [])]
+    return kinds.index(split) if split in kinds else len(kinds)
+
+
+def add_deltas(current: list[Leaderboard], run: RunData, other: RunData) -> list[str]:
+    """Attach to every leaderboard cell its change against ``other``; returns notes on what did not match."""
+    other_boards = {(b.dataset, b.split, b.protocol, b.segment): b for b in leaderboards(other)}
+    notes = []
+    same_split = {}
+    for fp_frame, name in ((run.frame, "cur"), (other.frame, "other")):
+        same_split[name] = fp_frame.groupby(["dataset", "split"])["split_fingerprint"].agg(lambda s: frozenset(s))
+    for board in current:
+        ob = other_boards.get((board.dataset, board.split, board.protocol, board.segment))
+        if ob is None:
+            notes.append(f"{board.title}: not in the compared run")
+            continue
+        fps_cur = same_split["cur"].get((board.dataset, board.split))
+        fps_other = same_split["other"].get((board.dataset, board.split))
+        paired = fps_cur is not None and fps_cur == fps_other
+        entries: list[tuple[Cell, float]] = []
+        for model in board.models:
+            for column in board.columns:
+                cell, ocell = board.cell(model, column.key), ob.cell(model, column.key)
+                if cell.status != "ok" or ocell.status != "ok":
+                    continue
+                delta = Delta(ocell.value, cell.value - ocell.value)
+                if column.higher_is_better is not None and delta.value != 0:
+                    delta.better = (delta.value > 0) == column.higher_is_better
+                cell.delta = delta
+                p = float("nan")
+                mv, omv = board.values.get(model), ob.values.get(model)
+                if column.per_user and mv is not None and omv is not None:
+                    if paired:
+                        a, b = _aligned(mv, omv, column.key)
+                        p = float(paired_ttest_pvalues(a, b)[0]) if a.size >= 2 else float("nan")
+                    else:
+                        a, b = mv.column(column.key), omv.column(column.key)
+                        p = welch_ttest_pvalue(a, b) if a is not None and b is not None else float("nan")
+                entries.append((cell, p))
+        adjusted = holm_adjust(np.array([p for _, p in entries])) if entries else []
+        for (cell, _), p in zip(entries, adjusted):
+            cell.delta.p_adj = float(p)
+            cell.delta.significant = bool(math.isfinite(p) and p < ALPHA)
+    return notes
+
+
+# -- the at-a-glance lines ---------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    board: Leaderboard
+    column: str
+    leaders: list[str]  # best plus those not significantly different
+    best: str
+    best_cell: Cell
+    worse: list[str]
+    not_served: list[str]
+    failed: list[str]
+
+
+def verdicts(boards: list[Leaderboard], headline: str) -> list[Verdict]:
+    """Who wins each leaderboard on the headline metric, and who is statistically tied with the winner."""
+    out = []
+    for board in boards:
+        column = board.column(headline)
+        if column is None:
+            continue
+        best = [m for m in board.models if board.cell(m, headline).best]
+        tied = [m for m in board.models if board.cell(m, headline).tied]
+        ok = [m for m in board.models if board.cell(m, headline).status == "ok"]
+        if not best:
+            continue
+        out.append(Verdict(board, headline, best + tied, best[0], board.cell(best[0], headline),
+                           [m for m in ok if m not in best and m not in tied],
+                           [m for m in board.models if board.cell(m, headline).status == "unsupported"],
+                           [m for m in board.models if board.cell(m, headline).status == "failed"]))
+    return out
+
+
+# -- systems -----------------------------------------------------------------------
+
+
+@dataclass
+class FigureTable:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def _figure_label(name: str) -> str:
+    if name in FIT_FIGURES:
+        return FIT_FIGURES[name]
+    if name in SERVE_FIGURES:
+        return SERVE_FIGURES[name]
+    if name.startswith(THROUGHPUT_PREFIX):
+        return f"throughput users/s, batch {name[len(THROUGHPUT_PREFIX):]}"
+    return name
+
+
+def _figure_order(name: str) -> tuple[int, int, str]:
+    names = list(FIT_FIGURES) + list(SERVE_FIGURES)
+    if name.startswith(THROUGHPUT_PREFIX):
+        batch = name[len(THROUGHPUT_PREFIX):]
+        return (len(FIT_FIGURES) + 5, int(batch) if batch.isdigit() else 10**9, name)
+    return (names.index(name) if name in names else len(names), 0, name)
+
+
+def _fmt_figure(name: str, value: float) -> str:
+    return fmt_bytes(value) if name == "model_bytes" else fmt(value)
+
+
+def systems_tables(run: RunData) -> list[FigureTable]:
+    """Fit cost per dataset x split (one row per model) and serving cost per segment."""
+    frame = run.frame
+    figures = frame[(frame["k"] == 0) & (frame["status"] == "ok") & ~frame["metric"].isin(NOT_FIGURES)
+                    & ~is_realtime(frame["segment"])]
+    tables = []
+    order = run.model_order()
+    for (dataset, split), sub in sorted(figures.groupby(["dataset", "split"]),
+                                        key=lambda kv: (kv[0][0], split_rank(run, kv[0][1]))):
+        fit = sub[sub["segment"] == "fit"]
+        if not fit.empty:
+            names = sorted(fit["metric"].unique(), key=_figure_order)
+            means = fit.groupby(["model", "metric"])["value"].mean()
+            rows = [[m] + [_fmt_figure(n, means.get((m, n), float("nan"))) for n in names]
+                    for m in order if m in set(fit["model"])]
+            tables.append(FigureTable(f"{dataset} · {split} split · fitting", ["model"] +
+                                      [_figure_label(n) for n in names], rows))
+        serve = sub[sub["segment"] != "fit"]
+        if not serve.empty:
+            names = sorted(serve["metric"].unique(), key=_figure_order)
+            means = serve.groupby(["model", "segment", "metric"])["value"].mean()
+            segments = sorted(serve["segment"].unique(), key=segment_sort_key)
+            rows = [[m, s] + [_fmt_figure(n, means.get((m, s, n), float("nan"))) for n in names]
+                    for m in order for s in segments if (m, s) in set(zip(serve["model"], serve["segment"]))]
+            tables.append(FigureTable(f"{dataset} · {split} split · serving", ["model", "segment"] +
+                                      [_figure_label(n) for n in names], rows))
+    return tables
+
+
+def realtime_tables(run: RunData) -> list[FigureTable]:
+    """Per dataset: each model x policy's prequential hit rate and update cost; per-user/item update cost."""
+    frame = run.frame
+    rt = frame[is_realtime(frame["segment"])]
+    tables = []
+    order = run.model_order()
+    for dataset, sub in rt.groupby("dataset"):
+        replay = sub[sub["segment"].str.startswith("replay:")]
+        if not replay.empty:
+            means = replay[replay["status"] == "ok"].groupby(["model", "segment", "metric"])["value"].mean()
+            unsupported = set(zip(replay[replay["status"] == "unsupported"]["model"],
+                                  replay[replay["status"] == "unsupported"]["segment"]))
+            names = ["prequential_hit_rate", "prequential_new_user_hit_rate", "updates", "update_seconds_total",
+                     "replay_recommend_seconds"]
+            names = [n for n in names if n in set(replay["metric"])]
+            rows = []
+            for m in order:
+                for seg in sorted(replay[replay["model"] == m]["segment"].unique()):
+                    policy = seg.split(":", 1)[1]
+                    if (m, seg) in unsupported and not any((m, seg, n) in means.index for n in names):
+                        rows.append([m, policy] + ["not served"] * len(names))
+                    else:
+                        rows.append([m, policy] + [fmt(means.get((m, seg, n), float("nan"))) for n in names])
+            k = replay[replay["metric"] == "prequential_hit_rate"]["k"].max()
+            headers = {"prequential_hit_rate": f"hit rate@{k}", "prequential_new_user_hit_rate":
+                       f"new-user hit rate@{k}", "updates": "updates", "update_seconds_total": "update time (s)",
+                       "replay_recommend_seconds": "recommend time (s)"}
+            tables.append(FigureTable(f"{dataset} · prequential replay", ["model", "policy"] +
+                                      [headers[n] for n in names], rows))
+        cost = sub[(sub["segment"] == "update-cost") & (sub["status"] == "ok")]
+        if not cost.empty:
+            means = cost.groupby(["model", "metric"])["value"].mean()
+            rows = [[m, fmt(means.get((m, "update_seconds_per_new_user"), float("nan"))),
+                     fmt(means.get((m, "update_seconds_per_new_item"), float("nan")))]
+                    for m in order if m in set(cost["model"])]
+            tables.append(FigureTable(f"{dataset} · incremental update cost", ["model", "seconds per new user",
+                                                                             "seconds per new item"], rows,
+                                      "Models without the update capability are absent (they must refit)."))
+    return tables
+
+
+# -- per-model details -------------------------------------------------------------
+
+BUDGET_WORDS = ("iteration", "epoch", "step", "budget", "max_seconds", "factors", "batch", "learning_rate", "lr")
+
+
+@dataclass
+class CellDetail:
+    dataset: str
+    split: str
+    seed: int
+    status: str
+    fit_seconds: str
+    segments: str
+    error: str = ""
+    traceback: str = ""
+
+
+@dataclass
+class ModelDetail:
+    label: str
+    name: str
+    params: dict[str, Any]
+    budget: dict[str, Any]
+    capabilities: dict[str, Any]
+    device: str
+    extra: dict[str, Any]
+    cells: list[CellDetail]
+
+    @property
+    def failures(self) -> list[CellDetail]:
+        return [c for c in self.cells if c.status == "failed"]
+
+
+def model_details(run: RunData) -> list[ModelDetail]:
+    details = []
+    frame = run.frame
+    for label in run.model_order():
+        cells = [c for c in run.cells.values() if c.get("model") == label]
+        rows = frame[frame["model"] == label]
+        description = next((c["model_description"] for c in cells if c.get("model_description")), {})
+        params = description.get("params")
+        if params is None and len(rows):
+            try:
+                params = json.loads(rows["params"].iloc[0])
+            except ValueError:
+                params = {}
+        params = params or {}
+        budget = {k: v for k, v in params.items() if any(w in k.lower() for w in BUDGET_WORDS)}
+        extra = {k: v for k, v in description.items() if k not in ("name", "params", "seed", "device", "capabilities")}
+        cell_details = []
+        for c in sorted(cells, key=lambda c: (str(c.get("dataset")), split_rank(run, str(c.get("split"))),
+                                              int(c.get("seed", 0)))):
+            segs = c.get("segments", {})
+            seg_text = ", ".join(f"{name}: {'not served' if s.get('status') == 'unsupported' else s.get('status')}"
+                                 for name, s in sorted(segs.items(), key=lambda kv: segment_sort_key(kv[0])))
+            cell_details.append(CellDetail(str(c.get("dataset")), str(c.get("split")), int(c.get("seed", 0)),
+                                           str(c.get("status", "?")),
+                                           fmt(c["fit_seconds"]) if isinstance(c.get("fit_seconds"), (int, float))
+                                           else "–", seg_text, str(c.get("error") or ""),
+                                           str(c.get("traceback") or "")))
+        if not cell_details:  # no cell.json (copied table only): fall back on the table's error rows
+            for r in rows[rows["metric"] == "error"].itertuples():
+                cell_details.append(CellDetail(r.dataset, r.split, int(r.seed), "failed", "–", "", "(see cell.json)"))
+        name = description.get("name") or (rows["model_name"].iloc[0] if len(rows) else label)
+        details.append(ModelDetail(label, str(name), params, budget, description.get("capabilities", {}),
+                                   str(description.get("device", "")), extra, cell_details))
+    return details
