@@ -147,6 +147,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.device:
             config.device = args.device
     elif args.suite:
+        from bench.reproduce import is_reproduce_file, print_reproduce
+
+        if is_reproduce_file(args.suite):  # [[experiments]]: published vs ours (bench/reproduce.py)
+            return print_reproduce(args.suite, out_root=args.out, data=data_options(args),
+                                   narrowed=bool(args.dataset or args.model or args.seed))
         config = apply_overrides(load_suite(args.suite), args)
     else:
         raise UsageError("bench run: error: give --suite NAME|PATH, or --resume RUN_DIR")
