@@ -312,6 +312,35 @@ def test_pareto_front_hand_worked() -> None:
     assert pareto_front(throughput, np.array([0.1, 0.2, 0.15]), lower_cost_is_better=False).tolist() == [0, 1]
 
 
+def test_realtime_section_from_a_replay_run(tmp_path: Path) -> None:
+    """A temporal split with prequential replay: curves and per-policy tables, no replay rows in leaderboards."""
+    from bench.config import parse_suite
+    from bench.runner import run_suite
+
+    raw = {
+        "name": "report-realtime",
+        "evaluation": {"k": [10], "bootstrap": 0, "systems": {"enabled": False},
+                       "realtime": {"enabled": True, "k": 10, "block": 100, "update_cost_users": 5,
+                                    "update_cost_items": 5,
+                                    "policies": [{"name": "static"}, {"name": "incremental", "every": 100}]}},
+        "datasets": [{"name": "synthetic", "params": {"n_users": 150, "n_items": 90, "n_interactions": 3000}}],
+        "splits": [{"kind": "temporal", "params": {"test_fraction": 0.2}}],
+        "models": [{"name": "pop"}, {"name": "random"}],
+    }
+    summary = run_suite(parse_suite(raw, "test"), out_root=tmp_path, progress=None)
+    files = write_report(summary.run_dir)
+    text = files.html.read_text(encoding="utf-8")
+    realtime = text.split('id="realtime"')[1].split('id="systems"')[0]
+    assert realtime.count("data:image/svg+xml;base64,") == 1
+    assert "prequential replay" in realtime and "incremental update cost" in realtime
+    frame = pd.read_csv(summary.run_dir / "results.csv")
+    rate = frame[(frame["model"] == "pop") & (frame["segment"] == "replay:static")
+                 & (frame["metric"] == "prequential_hit_rate")]["value"].iloc[0]
+    assert f"<td>{tables.fmt(rate)}</td>" in realtime
+    boards = tables.leaderboards(load_run(summary.run_dir))
+    assert [b.segment for b in boards] == ["all"]
+
+
 # -- the command line ----------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from bench.report.rundata import RunData
 from bench.report.tables import THROUGHPUT_PREFIX, split_rank, fmt, metric_direction, segment_sort_key
@@ -144,6 +145,7 @@ def tradeoff_plots(run: RunData, metric: str, styles: dict[str, tuple[str, str]]
                         linewidth=1, zorder=1, label="Pareto frontier (all models)")
             if np.all(x > 0) and x.max() / max(x.min(), 1e-300) > 20:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short log ranges
             ax.set_xlabel(label + ("  (← better)" if lower else "  (better →)"))
             ax.set_ylabel(f"{metric} (higher is better)" if metric_direction(name) is not False else metric)
             ax.set_title(title, fontsize=10)
@@ -173,7 +175,7 @@ def coldstart_plots(run: RunData, metric: str, styles: dict[str, tuple[str, str]
     plots, notes = [], []
     shots_rows = rows[rows["segment"].str.fullmatch(r"shots=\d+")]
     for (dataset, split, protocol), sub in shots_rows.groupby(["dataset", "split", "protocol"]):
-        fig = Figure(figsize=(7.2, 4.0))
+        fig = Figure(figsize=(9.5, 4.4))
         ax = fig.add_subplot(1, 1, 1)
         levels = sorted({int(s.split("=")[1]) for s in sub["segment"]})
         warm = _warm_reference(rows, dataset, protocol)
@@ -192,16 +194,16 @@ def coldstart_plots(run: RunData, metric: str, styles: dict[str, tuple[str, str]
                 high = np.array([ok.loc[f"shots={n}", "high"] for n in xs])
                 ax.plot(xs, ys, color=color, marker=marker, label=label)
                 if np.isfinite(low).all() and np.isfinite(high).all():
-                    ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
+                    ax.fill_between(xs, low, high, color=color, alpha=0.10, linewidth=0)
             else:
                 ax.plot([], [], color=color, marker=marker, label=plain(model) + "  (not served)")
             if warm is not None and model in warm.index:
-                ax.axhline(warm[model], color=color, linestyle=":", linewidth=1)
+                ax.axhline(warm[model], color=color, linestyle=":", linewidth=0.9, alpha=0.7)
         ax.set_xticks(levels)
         ax.set_xlabel("history items given to each cold user (shots)")
         ax.set_ylabel(f"{metric}")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         caption = ("Lines: mean over cold users with its 95% bootstrap band. A model that cannot serve a level has "
                    "no point there (it is not zero).")
         if warm is not None:

@@ -119,8 +119,11 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
             metric_docs.append({"name": name, "doc": doc,
                                 "direction": {True: "higher is better", False: "lower is better",
                                               None: "direction unknown"}[direction]})
+    verdicts = tables.verdicts(boards, metric)
+    in_overview = {m for v in verdicts for m in v.board.models}
     return {
-        "h": header(run), "boards": boards, "metric": metric, "verdicts": tables.verdicts(boards, metric),
+        "h": header(run), "boards": boards, "metric": metric, "verdicts": verdicts,
+        "overview_models": [m for m in run.model_order() if m in in_overview],
         "method": tables.SIGNIFICANCE_METHOD, "alpha": tables.ALPHA, "compare": compare,
         "tradeoff": tradeoff, "coldstart": coldstart, "coldstart_notes": coldstart_notes,
         "realtime": realtime, "realtime_notes": realtime_notes, "realtime_tables": tables.realtime_tables(run),
