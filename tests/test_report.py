@@ -227,35 +227,38 @@ def test_markdown_escape_neutralises_markup_and_table_pipes() -> None:
 N_USERS = 40
 
 
-def _hand_run(root: Path, name: str, values: dict[str, np.ndarray | None], seed: int = 0) -> Path:
-    """A run folder with one segment, metrics ndcg@10 (per user) and coverage@10 (aggregate)."""
+def _hand_run(root: Path, name: str, values: dict[str, np.ndarray | None], seeds: tuple[int, ...] = (0,),
+              cpu: str = "hand CPU") -> Path:
+    """A run folder with one segment, metrics ndcg@10 (per user) and coverage@10 (aggregate), per seed."""
     run_dir = root / name
     users = np.arange(N_USERS)
     rows = []
-    for index, (model, per_user) in enumerate(values.items()):
-        cid = f"cell{index}"
-        base = {"run_id": name, "suite": "hand", "dataset": "toy", "conversion": "", "split": "random",
-                "split_params": "{}", "split_fingerprint": f"fp{seed}", "protocol": "full", "seed": seed,
-                "model": model, "model_name": "pop", "params": "{}", "segment": "all", "cell_id": cid}
-        if per_user is None:  # cannot serve this segment
-            for metric in ("ndcg", "coverage"):
-                rows.append(base | {"metric": metric, "k": 10, "value": float("nan"), "ci_low": float("nan"),
-                                    "ci_high": float("nan"), "n": 0, "status": "unsupported"})
-            cell = {"model": model, "status": "ok", "segments": {"all": {"status": "unsupported"}}}
-        else:
-            atomic_write_npz(run_dir / "cells" / cid / "per_user-all.npz", users=users,
-                             values=np.column_stack([per_user, np.full(N_USERS, np.nan)]),
-                             columns=np.array(["ndcg@10", "coverage@10"]))
-            rows.append(base | {"metric": "ndcg", "k": 10, "value": float(per_user.mean()), "ci_low": 0.0,
-                                "ci_high": 1.0, "n": N_USERS, "status": "ok"})
-            rows.append(base | {"metric": "coverage", "k": 10, "value": 0.1 * (index + 1), "ci_low": float("nan"),
-                                "ci_high": float("nan"), "n": N_USERS, "status": "ok"})
-            cell = {"model": model, "status": "ok", "segments": {"all": {"status": "ok"}}}
-        atomic_write_json(run_dir / "cells" / cid / "cell.json", cell | {"dataset": "toy", "split": "random",
-                                                                      "seed": seed, "rows": []})
+    for seed in seeds:
+        for index, (model, per_user) in enumerate(values.items()):
+            cid = f"cell{index}s{seed}"
+            base = {"run_id": name, "suite": "hand", "dataset": "toy", "conversion": "", "split": "random",
+                    "split_params": "{}", "split_fingerprint": f"fp{seed}", "protocol": "full", "seed": seed,
+                    "model": model, "model_name": "pop", "params": "{}", "segment": "all", "cell_id": cid}
+            if per_user is None:  # cannot serve this segment
+                for metric in ("ndcg", "coverage"):
+                    rows.append(base | {"metric": metric, "k": 10, "value": float("nan"), "ci_low": float("nan"),
+                                        "ci_high": float("nan"), "n": 0, "status": "unsupported"})
+                cell = {"model": model, "status": "ok", "segments": {"all": {"status": "unsupported"}}}
+            else:
+                atomic_write_npz(run_dir / "cells" / cid / "per_user-all.npz", users=users,
+                                 values=np.column_stack([per_user, np.full(N_USERS, np.nan)]),
+                                 columns=np.array(["ndcg@10", "coverage@10"]))
+                rows.append(base | {"metric": "ndcg", "k": 10, "value": float(per_user.mean()), "ci_low": 0.0,
+                                    "ci_high": 1.0, "n": N_USERS, "status": "ok"})
+                rows.append(base | {"metric": "coverage", "k": 10, "value": 0.1 * (index + 1),
+                                    "ci_low": float("nan"), "ci_high": float("nan"), "n": N_USERS, "status": "ok"})
+                cell = {"model": model, "status": "ok", "segments": {"all": {"status": "ok"}}}
+            atomic_write_json(run_dir / "cells" / cid / "cell.json", cell | {"dataset": "toy", "split": "random",
+                                                                          "seed": seed, "rows": []})
     atomic_write_json(run_dir / "config.json", {"name": "hand", "models": [{"label": m} for m in values],
-                                                "splits": [{"kind": "random"}], "seeds": [seed]})
-    write_tables(run_dir, rows, {"created": "2026-01-01T00:00:00+00:00", "git": {"commit": "abc"}})
+                                                "splits": [{"kind": "random"}], "seeds": list(seeds)})
+    write_tables(run_dir, rows, {"created": "2026-01-01T00:00:00+00:00", "git": {"commit": "abc"},
+                                 "machine": {"cpu": cpu, "cpu_count": 2}, "device": "cpu"})
     return run_dir
 
 
@@ -279,6 +282,21 @@ def test_significance_hand_worked(tmp_path: Path) -> None:
     assert coverage["floor"].best and not any(c.tested for c in coverage.values())  # aggregate: no test
 
 
+def test_several_seeds_pair_users_by_seed(tmp_path: Path) -> None:
+    """Two seeds with the same values: 80 (seed, user) pairs, so the same gap becomes significant.
+
+    close vs best: differences 1, 1 and 78 zeros; mean 0.05, sd 0.2193, t = 0.05 / (0.2193 / sqrt(80)) = 2.039
+    with 79 df, two-sided p = 0.045 (< 0.05; with one seed it was 0.16). Holm keeps it (floor's p is tiny).
+    """
+    run = load_run(_hand_run(tmp_path, "seeds", _designed_values(), seeds=(0, 1)))
+    (board,) = tables.leaderboards(run)
+    assert board.seeds == [0, 1]
+    close = board.cell("close", "ndcg@10")
+    assert close.value == pytest.approx(0.70)
+    assert close.p_adj == pytest.approx(0.0448, abs=1e-3) and not close.tied
+    assert close.ci_low < 0.70 < close.ci_high < 0.9  # one CI over both seeds' users, not the stored 0..1
+
+
 def test_compare_marks_significant_deltas(tmp_path: Path) -> None:
     before = _designed_values()
     after = dict(before, floor=before["best"].copy())  # floor catches up with best: +0.75, significant
@@ -295,6 +313,14 @@ def test_compare_marks_significant_deltas(tmp_path: Path) -> None:
     text = files.html.read_text(encoding="utf-8")
     assert "Compared with run" in text and "+0.75 ▲" in text
     assert "(+0.75 ▲)" in files.markdown.read_text(encoding="utf-8")
+    assert "different machines" not in text
+
+
+def test_compare_across_machines_warns(tmp_path: Path) -> None:
+    old = _hand_run(tmp_path, "old", _designed_values(), cpu="<i>other</i> CPU")
+    new = _hand_run(tmp_path, "new", _designed_values())
+    text = write_report(new, compare=old, out=tmp_path / "cmp.html").html.read_text(encoding="utf-8")
+    assert "different machines" in text and "&lt;i&gt;other&lt;/i&gt; CPU" in text
 
 
 def test_compare_with_itself_has_no_significant_delta(tiny_run: Path, tmp_path: Path) -> None:

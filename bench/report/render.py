@@ -24,6 +24,7 @@ from bench.report import tables
 from bench.report.markdown import leaderboard_markdown
 from bench.report.rundata import ReportError, RunData, load_run
 from bench.results import atomic_write_bytes
+from bench.systems import machine_mismatch
 
 DEFAULT_METRIC = "ndcg@10"
 
@@ -44,18 +45,6 @@ def _environment() -> jinja2.Environment:
 
 def _css() -> str:
     return resources.files("bench.report").joinpath("templates", "report.css").read_text(encoding="utf-8")
-
-
-def _machine_warning(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    from bench.provenance import machine_key
-
-    key_a = machine_key(a.get("machine", {})) + (a.get("device"),)
-    key_b = machine_key(b.get("machine", {})) + (b.get("device"),)
-    if key_a == key_b:
-        return None
-    names = ("cpu", "cpu_count", "memory_gib", "gpu", "device")
-    diff = [f"{n}: {x!r} vs {y!r}" for n, x, y in zip(names, key_a, key_b) if x != y]
-    return "the two runs come from different machines (" + "; ".join(diff) + "); compare their timings with care"
 
 
 def header(run: RunData) -> dict[str, Any]:
@@ -97,7 +86,7 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
     if other is not None:
         notes = tables.add_deltas(boards, run, other)
         compare = {"run_id": other.run_id, "run_dir": str(other.run_dir), "notes": notes,
-                   "machine_warning": _machine_warning(run.provenance, other.provenance),
+                   "machine_warning": machine_mismatch(run.provenance, other.provenance),
                    "method": tables.COMPARE_METHOD, "created": other.provenance.get("created", ""),
                    "commit": (other.provenance.get("git") or {}).get("commit") or "unknown"}
     styles = plot_lib.model_styles(run.model_order())
