@@ -162,7 +162,7 @@ def test_bad_systems_config_names_the_key(table, culprit):
 
 def tiny_suite(systems_table: dict) -> dict:
     return {
-        "name": "tiny", "evaluation": {"k": [5, 10], "bootstrap": 0, "systems": systems_table},
+        "name": "tiny", "execution": {"isolation": "none"}, "evaluation": {"k": [5, 10], "bootstrap": 0, "systems": systems_table},
         "datasets": [{"name": "synthetic", "params": {"n_users": 120, "n_items": 80, "n_interactions": 3000}}],
         "splits": [{"kind": "random"}],
         "models": [{"name": "pop"}, {"name": "als", "params": {"factors": 8, "iterations": 3}}],
