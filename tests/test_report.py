@@ -378,6 +378,13 @@ def test_report_command_writes_where_asked(tiny_run: Path, tmp_path: Path, monke
     assert out.is_file() and out.with_suffix(".md").is_file()
     assert "recall@5 against" in out.read_text(encoding="utf-8")
     assert str(out) in capsys.readouterr().out
+    again = tmp_path / "again.html"
+    assert main(["report", str(tiny_run), "--out", str(again), "--metric", "recall@5"]) == 0
+
+    def stable(path: Path) -> str:  # all but the generation time
+        return re.sub(r"report generated [^)]*\)", "", path.read_text(encoding="utf-8"))
+
+    assert stable(again) == stable(out)  # same run, same bytes: plots included
 
 
 @pytest.mark.parametrize("args, culprit", [

@@ -13,6 +13,7 @@ import io
 import math
 from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -41,8 +42,10 @@ def plain(label: str) -> str:
 
 
 def to_uri(fig: Figure) -> str:
+    """Fixed hash salt and no date: the same run renders byte-identical figures."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    with matplotlib.rc_context({"svg.hashsalt": "bench-report"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -244,7 +244,19 @@ def _aligned(a: ModelValues, b: ModelValues, column: str) -> tuple[np.ndarray, n
     return va[ia], vb[ib]
 
 
+def _pair_pvalues(a: ModelValues, b: ModelValues) -> dict[str, float]:
+    """Paired p-value of every column two models share, in one vectorised call."""
+    _, ia, ib = np.intersect1d(a.keys, b.keys, assume_unique=True, return_indices=True)
+    shared = [c for c in a.columns if c in b.columns]
+    if ia.size < 2 or not shared:
+        return {}
+    pa = a.values[np.ix_(ia, [a.columns.index(c) for c in shared])]
+    pb = b.values[np.ix_(ib, [b.columns.index(c) for c in shared])]
+    return dict(zip(shared, paired_ttest_pvalues(pa, pb).tolist()))
+
+
 def _mark_best_and_ties(board: Leaderboard, values: dict[str, ModelValues | None]) -> None:
+    pair_cache: dict[tuple[str, str], dict[str, float]] = {}
     for column in board.columns:
         ok = [(m, board.cells[(m, column.key)]) for m in board.models
               if (m, column.key) in board.cells and board.cells[(m, column.key)].status == "ok"
@@ -266,8 +278,9 @@ def _mark_best_and_ties(board: Leaderboard, values: dict[str, ModelValues | None
             if reference is None or mv is None:
                 raw.append(float("nan"))
                 continue
-            a, b = _aligned(reference, mv, column.key)
-            raw.append(float(paired_ttest_pvalues(a, b)[0]) if a.size >= 2 else float("nan"))
+            if (best_models[0], m) not in pair_cache:
+                pair_cache[(best_models[0], m)] = _pair_pvalues(reference, mv)
+            raw.append(pair_cache[(best_models[0], m)].get(column.key, float("nan")))
         adjusted = holm_adjust(np.array(raw))
         for (m, c), p in zip(others, adjusted):
             c.p_adj = float(p)
@@ -286,10 +299,11 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
     keys = sorted(keys.itertuples(index=False), key=lambda r: (r.dataset, split_rank(run, r.split), r.protocol,
                                                                segment_sort_key(r.segment)))
     failed_splits = {(r.dataset, r.split, r.model) for r in failed.itertuples()}
+    by_board = dict(iter(accuracy.groupby(["dataset", "split", "protocol", "segment"], sort=False)))
+    models_in_split = frame.groupby(["dataset", "split"])["model"].agg(set)
     for key in keys:
-        sub = accuracy[(accuracy["dataset"] == key.dataset) & (accuracy["split"] == key.split)
-                       & (accuracy["protocol"] == key.protocol) & (accuracy["segment"] == key.segment)]
-        in_split = set(frame[(frame["dataset"] == key.dataset) & (frame["split"] == key.split)]["model"])
+        sub = by_board[tuple(key)]
+        in_split = models_in_split.get((key.dataset, key.split), set())
         models = [m for m in order if m in in_split]
         pairs = sorted({(r.metric, int(r.k)) for r in sub[["metric", "k"]].itertuples(index=False)},
                        key=lambda mk: (metric_sort_key(mk[0]), mk[1]))
@@ -297,17 +311,19 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
         cells: dict[tuple[str, str], Cell] = {}
         values: dict[str, ModelValues | None] = {}
         seeds = sorted(int(s) for s in sub["seed"].unique())
+        by_model = dict(iter(sub.groupby("model", sort=False)))
         for model in models:
-            msub = sub[sub["model"] == model]
-            if msub.empty:
+            msub = by_model.get(model)
+            if msub is None:
                 status = "failed" if (key.dataset, key.split, model) in failed_splits else "missing"
                 for column in columns:
                     cells[(model, column.key)] = Cell(status)
                 continue
             ok = msub[msub["status"] == "ok"]
             values[model] = model_values(run, ok, key.segment) if not ok.empty else None
+            by_column = {(m, int(k)): g for (m, k), g in msub.groupby(["metric", "k"], sort=False)}
             for column in columns:
-                crow = msub[(msub["metric"] == column.metric) & (msub["k"] == column.k)]
+                crow = by_column.get((column.metric, column.k), msub.iloc[0:0])
                 okrow = crow[crow["status"] == "ok"]
                 if okrow.empty:
                     status = "unsupported" if (crow["status"] == "unsupported").any() else (
