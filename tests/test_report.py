@@ -317,10 +317,11 @@ def test_compare_marks_significant_deltas(tmp_path: Path) -> None:
 
 
 def test_compare_across_machines_warns(tmp_path: Path) -> None:
-    old = _hand_run(tmp_path, "old", _designed_values(), cpu="<i>other</i> CPU")
+    old = _hand_run(tmp_path, "old", _designed_values(), seeds=(1,), cpu="<i>other</i> CPU")
     new = _hand_run(tmp_path, "new", _designed_values())
     text = write_report(new, compare=old, out=tmp_path / "cmp.html").html.read_text(encoding="utf-8")
     assert "different machines" in text and "&lt;i&gt;other&lt;/i&gt; CPU" in text
+    assert "different splits" in text  # seed 1 vs seed 0: other fingerprints, unpaired test
 
 
 def test_compare_with_itself_has_no_significant_delta(tiny_run: Path, tmp_path: Path) -> None:

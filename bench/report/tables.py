@@ -376,6 +376,10 @@ def add_deltas(current: list[Leaderboard], run: RunData, other: RunData) -> list
         fps_cur = same_split["cur"].get((board.dataset, board.split))
         fps_other = same_split["other"].get((board.dataset, board.split))
         paired = fps_cur is not None and fps_cur == fps_other
+        unpaired_note = (f"{board.dataset} · {board.split}: the runs used different splits (fingerprints differ), "
+                         f"so its deltas are tested unpaired (Welch)")
+        if not paired and unpaired_note not in notes:
+            notes.append(unpaired_note)
         entries: list[tuple[Cell, float]] = []
         for model in board.models:
             for column in board.columns:
