@@ -21,6 +21,7 @@ import pytest
 from baselines.simple import Pop
 from bench import registry
 from bench.cli import main
+from bench.protocol import Capabilities
 from bench.report import load_run, write_report
 from bench.report import tables
 from bench.report.markdown import md_escape
@@ -78,9 +79,14 @@ name = "{HOSTILE_MODEL}"
 
 
 class HostileFailure(Pop):
-    """Fails in fit with an error message full of markup."""
+    """Fails in fit with an error message full of markup.
+
+    It declares no optional capability, so suites that select models by
+    capability (in other tests of the same session) never pick it up.
+    """
 
     name = HOSTILE_MODEL
+    capabilities = Capabilities()
 
     def fit(self, train):  # noqa: ANN001
         raise RuntimeError(HOSTILE_ERROR)
