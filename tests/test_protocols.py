@@ -125,7 +125,10 @@ def test_segment_candidates_drop_excluded_items_and_guard_k(ml100k, ml100k_split
 
 
 def suite(evaluation: dict) -> dict:
+    # cells run in this process: a forked child can deadlock on thread-pool locks (OpenMP, numba) that
+    # earlier tests of the same pytest process left behind; isolation itself is tested elsewhere
     return {"name": "t", "seeds": [0], "evaluation": {"bootstrap": 20, **evaluation},
+            "execution": {"isolation": "none"},
             "datasets": [{"name": "synthetic", "params": {"n_users": 150, "n_items": 200, "n_interactions": 4000,
                                                          "seed": 0}}],
             "splits": [{"kind": "random"}],
