@@ -14,6 +14,12 @@ accuracy metrics are rows with ``k > 0``; status ``unsupported`` rows become
 are rows with ``k == 0`` (segment ``fit`` for fitting, the scored segment for
 serving), by the names in :data:`FIT_FIGURES` and :data:`SERVE_FIGURES` plus
 ``throughput_users_per_s@batch=B``; unknown ``k == 0`` names are still shown.
+Real-time rows (``bench.realtime``) live in segments ``replay:<policy>`` and
+``update-cost`` (``prequential_hit_rate``, ``prequential_new_user_hit_rate``,
+``updates``, ``update_seconds_total``, ``replay_recommend_seconds``,
+``update_seconds_per_new_user``/``_item``; curves from ``cells/<id>/realtime.json``)
+and are shown only in the real-time section. A sampled ``protocol`` other than
+``full`` gets its own leaderboards.
 """
 
 from __future__ import annotations
