@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list registered models, datasets, metrics or suites")
     lst.add_argument("what", choices=["models", "datasets", "metrics", "suites"])
+
+    gate = sub.add_parser("gate", help="compare a run with a committed baseline: exit 0 pass, 1 regression, "
+                                       "2 cannot compare")
+    gate.add_argument("--current", type=Path, required=True, metavar="RUN_DIR", help="the run folder to check")
+    gate.add_argument("--baseline", type=Path, help="baseline file (default reports/baselines/<suite>.json)")
+    gate.add_argument("--rules", type=Path, help="rules TOML (default: bench's gate_rules/default.toml)")
+    gate.add_argument("--update-baseline", action="store_true",
+                      help="write the baseline from RUN_DIR instead of checking (deliberate, never automatic)")
+    gate.add_argument("--json", type=Path, dest="json_out", help="verdict file (default RUN_DIR/gate/verdict.json)")
+    gate.add_argument("--markdown", type=Path, help="pull-request summary (default RUN_DIR/gate/summary.md)")
     return parser
 
 
@@ -213,6 +223,38 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gate(args: argparse.Namespace) -> int:
+    from bench import gate
+
+    rules = gate.load_rules(args.rules)
+    args.current = gate.resolve_run_dir(args.current)
+    baseline = args.baseline or Path("reports/baselines") / f"{gate.suite_of_run(args.current)}.json"
+    if args.update_baseline:
+        existed = baseline.exists()
+        payload = gate.write_baseline(args.current, baseline, rules)
+        print(f"{'replaced' if existed else 'wrote'} baseline {baseline}: suite '{payload['suite']}', run "
+              f"{payload['source_run']}, {len(payload['cells'])} cells, per-user values of "
+              f"{', '.join(payload['metrics'])}; commit it deliberately")
+        return 0
+    json_out = args.json_out or args.current / "gate" / "verdict.json"
+    markdown_out = args.markdown or args.current / "gate" / "summary.md"
+    try:
+        result = gate.run_gate(baseline, args.current, rules)
+    except gate.GateError as exc:  # still leave a verdict behind, so CI never reads a stale "pass"
+        if args.current.is_dir():
+            gate.write_outputs(gate.error_payload(str(exc), baseline, args.current),
+                               f"## :warning: bench gate could not compare (exit 2)\n\n```\n{exc}\n```\n",
+                               json_out, markdown_out)
+        raise
+    print(gate.format_table(result))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"\n{gate.headline(result)}")
+    gate.write_outputs(gate.verdict_payload(result), gate.format_markdown(result), json_out, markdown_out)
+    print(f"verdict: {json_out}; summary: {markdown_out}")
+    return result.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import bench.data  # noqa: F401  (registers datasets and cards)
     import bench.metrics  # noqa: F401
@@ -220,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        handler = {"run": cmd_run, "list": cmd_list, "report": cmd_report}[args.command]
+        handler = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "gate": cmd_gate}[args.command]
         return handler(args)
     except UsageError as exc:
         print(exc, file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Default rules of ``bench gate`` (package data: ``default.toml``)."""

@@ -1,0 +1,197 @@
+"""bench gate's rules and checks on hand-built snapshots: every number is worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import bench.metrics  # noqa: F401  (registers the metrics the rules name)
+from bench import gate
+from bench.gate import CellState, GateError, SegmentValues, Snapshot, Tolerance, compare, parse_rules
+
+GROUP = ("synthetic", "random", "{}", 0)
+FINGERPRINT = "abc123"
+
+
+def snapshot(values: dict[str, dict[str, list[float]]], *, suite: str = "s", fingerprint: str = FINGERPRINT,
+             systems: dict[str, dict[str, float]] | None = None, users: list[int] | None = None) -> Snapshot:
+    """A one-split snapshot: ``values[model][metric] = per-user values`` on segment "all"."""
+    cells = {}
+    metrics: set[str] = set()
+    for model, per_metric in values.items():
+        n = len(next(iter(per_metric.values())))
+        seg = SegmentValues("ok", np.asarray(users if users is not None else range(n)),
+                            {m: np.asarray(v, dtype=float) for m, v in per_metric.items()},
+                            {m: float(np.mean(v)) for m, v in per_metric.items()})
+        metrics |= set(per_metric)
+        cells[(*GROUP, model)] = CellState(model, "{}", "ok", segments={"all": seg},
+                                           systems=(systems or {}).get(model, {}))
+    return Snapshot(suite, "run", {}, {GROUP: fingerprint}, cells, metrics, f"<{suite}>")
+
+
+def rules(text_rules: dict) -> gate.Rules:
+    return parse_rules(text_rules, "<test rules>")
+
+
+NDCG_5PCT = {"accuracy": [{"metric": "ndcg@10", "max_drop": "5%"}]}
+
+
+def only_check(result: gate.GateResult) -> gate.Check:
+    assert len(result.checks) == 1, result.checks
+    return result.checks[0]
+
+
+def test_tolerance_relative_and_absolute():
+    assert Tolerance.parse("5%", "x") == Tolerance(0.05, True)
+    assert Tolerance.parse("5%", "x").allowed(0.4) == pytest.approx(0.02)
+    assert Tolerance.parse(0.01, "x").allowed(0.4) == 0.01
+    for bad in ("five", "-3%", -0.1, True, "5"):
+        with pytest.raises(GateError, match="not a tolerance"):
+            Tolerance.parse(bad, "max_drop")
+
+
+def test_constant_drop_beyond_tolerance_fails():
+    # Every user loses 0.1 of 0.5: drop 20% > 5%; a constant shift is certain (p = 0).
+    base = snapshot({"als": {"ndcg@10": [0.5, 0.5, 0.5, 0.5]}})
+    cur = snapshot({"als": {"ndcg@10": [0.4, 0.4, 0.4, 0.4]}})
+    check = only_check(compare(base, cur, rules(NDCG_5PCT)))
+    assert check.verdict == "fail" and check.p_value == 0.0
+    assert check.delta == pytest.approx(-0.1)
+    assert check.detail["allowed_drop"] == pytest.approx(0.025)
+
+
+def test_drop_within_tolerance_passes_even_if_certain():
+    # 0.5 -> 0.49 is a 2% drop: within 5%, so it passes although every user lost the same.
+    base = snapshot({"als": {"ndcg@10": [0.5, 0.5, 0.5]}})
+    cur = snapshot({"als": {"ndcg@10": [0.49, 0.49, 0.49]}})
+    check = only_check(compare(base, cur, rules(NDCG_5PCT)))
+    assert check.verdict == "pass" and check.note == "within tolerance"
+
+
+def test_large_but_noisy_drop_passes():
+    # Differences (-0.3, 0, 0): mean -0.1 (a 20% drop), sd 0.1732, se 0.1, t = -1 with 2 degrees of
+    # freedom, where the two-sided p-value is 1 - |t| / sqrt(t^2 + 2) = 1 - 1/sqrt(3) = 0.4226.
+    base = snapshot({"als": {"ndcg@10": [0.5, 0.5, 0.5]}})
+    cur = snapshot({"als": {"ndcg@10": [0.2, 0.5, 0.5]}})
+    check = only_check(compare(base, cur, rules(NDCG_5PCT)))
+    assert check.p_value == pytest.approx(1 - 1 / math.sqrt(3), abs=1e-9)
+    assert check.verdict == "pass" and "not significant" in check.note
+
+
+def test_direction_comes_from_the_metric_registry():
+    # arp: lower is better. Rising from 10 to 12 for every user is a 20% drop in quality: fail.
+    base = snapshot({"als": {"arp@10": [10.0, 10.0, 10.0]}})
+    worse = snapshot({"als": {"arp@10": [12.0, 12.0, 12.0]}})
+    better = snapshot({"als": {"arp@10": [8.0, 8.0, 8.0]}})
+    arp_rules = rules({"accuracy": [{"metric": "arp@10", "max_drop": "5%"}]})
+    assert only_check(compare(base, worse, arp_rules)).verdict == "fail"
+    improved = only_check(compare(base, better, arp_rules))
+    assert improved.verdict == "pass" and improved.note == "better (significant)"
+
+
+def test_family_wise_correction_over_checks():
+    # Two users, differences (-0.1 - e, -0.1 + e) with e = 0.005: t = -0.1/e = -20 with 1 degree of
+    # freedom (Cauchy), p = 1 - (2/pi) atan(20) = 0.0318 < 0.05. With two such checks Holm doubles the
+    # smaller p: 0.0637 > 0.05, so neither is significant; without correction both fail.
+    e = 0.005
+    per_user = {"ndcg@10": [0.5, 0.5], "recall@10": [0.5, 0.5]}
+    lowered = {"ndcg@10": [0.4 - e, 0.4 + e], "recall@10": [0.4 - e, 0.4 + e]}
+    base, cur = snapshot({"als": per_user}), snapshot({"als": lowered})
+    both = {"accuracy": [{"metric": "ndcg@10"}, {"metric": "recall@10"}]}
+    raw_p = 1 - 2 / math.pi * math.atan(20)
+    holm = compare(base, cur, rules(both | {"correction": "holm"}))
+    for check in holm.checks:
+        assert check.p_value == pytest.approx(raw_p, rel=1e-6)
+        assert check.p_adjusted == pytest.approx(2 * raw_p, rel=1e-6)
+        assert check.verdict == "pass"
+    assert holm.exit_code == 0
+    uncorrected = compare(base, cur, rules(both | {"correction": "none"}))
+    assert [c.verdict for c in uncorrected.checks] == ["fail", "fail"] and uncorrected.exit_code == 1
+
+
+def test_bootstrap_test_agrees_on_a_certain_shift():
+    base = snapshot({"als": {"ndcg@10": [0.5] * 20}})
+    cur = snapshot({"als": {"ndcg@10": [0.3] * 20}})
+    check = only_check(compare(base, cur, rules({"test": "bootstrap", **NDCG_5PCT})))
+    # Centred differences are all zero: no resample reaches |-0.2|; p = 1/(resamples + 1).
+    assert check.p_value == pytest.approx(1 / 2001) and check.verdict == "fail"
+    assert check.ci_low == pytest.approx(-0.2) and check.ci_high == pytest.approx(-0.2)
+
+
+def test_more_specific_rule_below_wins():
+    base = snapshot({"als": {"ndcg@10": [0.5] * 4}, "pop": {"ndcg@10": [0.5] * 4}})
+    cur = snapshot({"als": {"ndcg@10": [0.45] * 4}, "pop": {"ndcg@10": [0.45] * 4}})  # 10% drop, certain
+    result = compare(base, cur, rules({"accuracy": [{"metric": "ndcg@10", "max_drop": "5%"},
+                                                    {"metric": "ndcg@10", "models": ["pop"], "max_drop": 0.1}]}))
+    verdicts = {c.model: c.verdict for c in result.checks}
+    assert verdicts == {"als": "fail", "pop": "pass"}  # pop's absolute 0.1 allows a 0.05 drop
+
+
+def test_timing_ratio_cancels_machine_speed():
+    rule = {"timing": [{"metric": "fit_seconds", "reference": "pop", "max_increase": "100%", "floor_seconds": 0.01}]}
+    values = {"als": {"ndcg@10": [0.5]}, "pop": {"ndcg@10": [0.5]}}
+    base = snapshot(values, systems={"als": {"fit": {"fit_seconds": 2.0}}, "pop": {"fit": {"fit_seconds": 0.5}}})
+    # A machine twice as slow: both doubled, the ratio 4 is unchanged -> pass.
+    slow_machine = snapshot(values, systems={"als": {"fit": {"fit_seconds": 4.0}}, "pop": {"fit": {"fit_seconds": 1.0}}})
+    check = only_check(compare(base, slow_machine, rules(rule)))
+    assert (check.baseline, check.current, check.verdict) == (4.0, 4.0, "pass")
+    # Same machine, als 3x slower: ratio 12 = +200% > +100% -> fail.
+    slower = snapshot(values, systems={"als": {"fit": {"fit_seconds": 6.0}}, "pop": {"fit": {"fit_seconds": 0.5}}})
+    check = only_check(compare(base, slower, rules(rule)))
+    assert check.current == 12.0 and check.detail["growth"] == pytest.approx(2.0) and check.verdict == "fail"
+
+
+def test_timing_reference_under_the_floor_is_skipped_not_passed():
+    rule = {"accuracy": [{"metric": "ndcg@10"}],
+            "timing": [{"metric": "fit_seconds", "reference": "pop", "floor_seconds": 0.05}]}
+    values = {"als": {"ndcg@10": [0.5]}, "pop": {"ndcg@10": [0.5]}}
+    base = snapshot(values, systems={"als": {"fit": {"fit_seconds": 0.2}}, "pop": {"fit": {"fit_seconds": 0.0002}}})
+    result = compare(base, base, rules(rule))
+    timing = [c for c in result.checks if c.kind == "timing"]
+    assert [c.verdict for c in timing] == ["skip"] and "floor" in timing[0].note
+    assert "1 skipped" in gate.headline(result)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(suite="other"), "suite mismatch"),
+    (dict(fingerprint="zzz"), "split fingerprint mismatch"),
+    (dict(users=[7, 8, 9, 10]), "test users differ"),
+])
+def test_incomparable_snapshots_are_usage_errors(change, message):
+    base = snapshot({"als": {"ndcg@10": [0.5] * 4}})
+    cur = snapshot({"als": {"ndcg@10": [0.5] * 4}}, **change)
+    with pytest.raises(GateError, match=message):
+        compare(base, cur, rules(NDCG_5PCT))
+
+
+def test_missing_model_and_metric_are_usage_errors():
+    base = snapshot({"als": {"ndcg@10": [0.5] * 4}, "pop": {"ndcg@10": [0.5] * 4}})
+    with pytest.raises(GateError, match="model 'pop' .* not in the current run"):
+        compare(base, snapshot({"als": {"ndcg@10": [0.5] * 4}}), rules(NDCG_5PCT))
+    with pytest.raises(GateError, match="recall@10 is missing in the baseline"):
+        compare(base, base, rules({"accuracy": [{"metric": "recall@10"}]}))
+    timing = {"timing": [{"metric": "latency_p50_ms", "reference": "pop"}]}
+    with pytest.raises(GateError, match="latency_p50_ms is in no row of the baseline"):
+        compare(base, base, rules(timing))
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"accuracy": [{"metric": "ndcg@10", "max_dorp": "5%"}]}, "did you mean 'max_drop'"),
+    ({"accuracy": [{"metric": "ndcg"}]}, "needs a cut-off"),
+    ({"accuracy": [{"metric": "ndgc@10"}]}, "did you mean 'ndcg'"),
+    ({"accuracy": [{"metric": "ndcg@10", "test": "wilcoxon"}]}, "test = 'wilcoxon' is unknown"),
+    ({"timing": [{"metric": "users_per_second", "reference": "pop"}]}, "not a duration"),
+    ({"timing": [{"metric": "fit_seconds"}]}, "needs a 'reference'"),
+    ({}, "checks nothing"),
+])
+def test_bad_rules_name_the_culprit(raw, message):
+    with pytest.raises(GateError, match=message):
+        parse_rules(raw, "<rules>")
+
+
+def test_default_rules_ship_as_package_data():
+    rules_ = gate.load_rules()
+    assert rules_.accuracy_metrics == ["ndcg@10", "recall@10"]
+    assert {r.reference for r in rules_.timing} == {"pop"}
