@@ -58,6 +58,23 @@ class HistoryModel(Recommender):
         return int(np.asarray(w).nbytes)
 
 
+def spd_inverse(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive-definite matrix through Cholesky (LAPACK potrf/potri).
+
+    About half the work of a general LU inverse; EASE's Gram matrix plus l2 is always SPD.
+    """
+    from scipy.linalg import lapack
+
+    factor, info = lapack.dpotrf(matrix, lower=False, clean=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"matrix is not positive definite (potrf info={info})")
+    inverse, info = lapack.dpotri(factor, lower=False)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"inverse failed (potri info={info})")
+    upper = np.triu(inverse)
+    return upper + np.triu(inverse, 1).T
+
+
 def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
     """Implicit weights become 0/1: these models are defined on binary feedback."""
     out = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
@@ -126,7 +143,7 @@ class EASE(HistoryModel):
             raise ConfigError(f"ease: l2 must be > 0, got {l2}")
         gram = np.asarray((user_items.T @ user_items).todense(), dtype=np.float64)
         gram[np.diag_indices_from(gram)] += l2
-        precision = np.linalg.inv(gram)
+        precision = spd_inverse(gram)
         weights = precision / (-np.diag(precision))
         weights[np.diag_indices_from(weights)] = 0.0
         self.weights = weights
