@@ -212,7 +212,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in registry.metrics.names():
             m = get_metric(name)
             direction = "higher is better" if m.higher_is_better else "lower is better"
-            print(f"{name:12s} {direction:17s} {m.description}")
+            print(f"{name:24s} {direction:17s} {m.description}")  # room for variants: map[denominator=test]
     else:
         from bench.config import builtin_suites
         import tomllib
