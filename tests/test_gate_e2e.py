@@ -22,7 +22,7 @@ from baselines.simple import Pop
 from bench import registry
 from bench.cli import main
 from bench.gate import load_baseline
-from bench.protocol import mask_and_rank
+from bench.protocol import Capabilities, mask_and_rank
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_BASELINE = REPO / "reports" / "baselines" / "smoke.json"
@@ -33,6 +33,9 @@ class GateTestALS(ALS):
     optional perturbation: Gaussian noise of ``noise`` x the user's score spread added to every score."""
 
     default_params = ALS.default_params | {"init_seed": 0, "noise": 0.0}
+    # No optional capability beyond what the suite needs: suites that select models by capability
+    # (e.g. `capability = "update"`) in other tests of the same session must not pick test models up.
+    capabilities = Capabilities(cold_users=True)
 
     def fit(self, train):
         run_seed, self.seed = self.seed, self.params["init_seed"]
@@ -54,6 +57,7 @@ class SleepyPop(Pop):
     """Pop whose fit also sleeps: a timing whose size the test controls exactly."""
 
     default_params = {"fit_sleep": 0.0}
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True)
 
     def fit(self, train):
         time.sleep(self.params["fit_sleep"])
