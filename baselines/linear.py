@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bench.errors import ConfigError
-from bench.protocol import Capabilities, Recommender, TrainData, history_matrix
+from bench.protocol import Capabilities, Recommender, TrainData, history_matrix, mask_and_rank, top_k
 
 HISTORY_CAPABILITIES = Capabilities(cold_users=True, update=True)
 
@@ -46,6 +46,17 @@ class HistoryModel(Recommender):
         scores = self.history_rows(user_ids, history) @ self.weights
         return scores.toarray() if sp.issparse(scores) else np.asarray(scores, dtype=np.float64)
 
+    def recommend(self, user_ids: np.ndarray, k: int, *, history: list[np.ndarray] | None = None,
+                  candidates: np.ndarray | None = None,
+                  exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As the base class, masking exclusions in place: ``score`` returns a fresh array we own."""
+        scores = self.score(np.asarray(user_ids), history)
+        if candidates is not None or exclude is None or not exclude.nnz:
+            return mask_and_rank(scores, k, candidates=candidates, exclude=exclude)
+        rows, cols = exclude.nonzero()
+        scores[rows, cols] = -np.inf
+        return top_k(scores, k)
+
     def update(self, new: TrainData) -> None:
         """New interactions of known users join their history rows (``W`` is kept)."""
         added = _binary(new.matrix)
@@ -68,11 +79,11 @@ def spd_inverse(matrix: np.ndarray) -> np.ndarray:
     factor, info = lapack.dpotrf(matrix, lower=False, clean=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"matrix is not positive definite (potrf info={info})")
-    inverse, info = lapack.dpotri(factor, lower=False)
+    inverse, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"inverse failed (potri info={info})")
-    upper = np.triu(inverse)
-    return upper + np.triu(inverse, 1).T
+    inverse += np.triu(inverse, 1).T  # potri fills the upper triangle; the lower one is the cleaned zeros
+    return inverse
 
 
 def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
@@ -143,8 +154,8 @@ class EASE(HistoryModel):
             raise ConfigError(f"ease: l2 must be > 0, got {l2}")
         gram = np.asarray((user_items.T @ user_items).todense(), dtype=np.float64)
         gram[np.diag_indices_from(gram)] += l2
-        precision = spd_inverse(gram)
-        weights = precision / (-np.diag(precision))
+        weights = spd_inverse(gram)
+        weights /= -np.diag(weights)  # B = -P / diag(P) off the diagonal (in place: n_items^2 floats)
         weights[np.diag_indices_from(weights)] = 0.0
         self.weights = weights
 
