@@ -86,6 +86,19 @@ def test_popularity_negatives_follow_training_popularity(ml100k, ml100k_split):
     assert test_items  # (the split has test items at all)
 
 
+def test_negatives_are_drawn_once_then_read_back(ml100k, ml100k_split, tmp_path):
+    protocol = P.parse_protocol("uni10")
+    first = P.stored_negatives(ml100k, ml100k_split, protocol, Segment("all"), tmp_path)
+    (path,) = tmp_path.glob(f"{ml100k_split.fingerprint}-uni10-catalogue.npz")
+    with np.load(path) as stored:
+        assert np.array_equal(stored["items"], first.items)
+        tampered = {name: stored[name] for name in stored.files}
+    tampered["items"] = tampered["items"][::-1].copy()  # a later model must rank what is stored, not a new draw
+    np.savez(path, **tampered)
+    again = P.stored_negatives(ml100k, ml100k_split, protocol, Segment("all"), tmp_path)
+    assert np.array_equal(again.items, tampered["items"])
+
+
 def test_matrix_pads_and_mask_and_rank_never_returns_padding():
     negatives = P.Negatives(users=np.array([2, 5, 9]), indptr=np.array([0, 3, 5, 9]),
                             items=np.array([1, 4, 7, 0, 2, 3, 5, 6, 8]), n_negatives=np.array([2, 1, 3]))
