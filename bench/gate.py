@@ -581,6 +581,10 @@ def accuracy_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problem
 
 def _accuracy_check(rule: AccuracyRule, where: str, segment: str, model: str, metric: str, higher_is_better: bool,
                     base: SegmentValues, cur: SegmentValues, resamples: int, problems: list[str]) -> Check:
+    gaps = [side for side, seg in (("baseline", base), ("current run", cur)) if metric not in seg.means]
+    if gaps:  # e.g. ild on a data set without categories: undefined, not zero
+        problems.append(f"{metric} is missing for {model} on {where} {segment} in the {' and the '.join(gaps)}; "
+                        f"exempt it with a rule (gate = false) or gate another metric")
     b, c = base.means.get(metric, np.nan), cur.means.get(metric, np.nan)
     check = Check("accuracy", where, segment, model, metric, b, c, c - b, f"-{rule.max_drop}",
                   tolerance=rule.max_drop,

@@ -172,6 +172,10 @@ def test_missing_model_and_metric_are_usage_errors():
         compare(base, snapshot({"als": {"ndcg@10": [0.5] * 4}}), rules(NDCG_5PCT))
     with pytest.raises(GateError, match="recall@10 is missing in the baseline"):
         compare(base, base, rules({"accuracy": [{"metric": "recall@10"}]}))
+    # A metric the baseline has for one model but not for another (undefined there, e.g. ild).
+    base_gap = snapshot({"als": {"ndcg@10": [0.5] * 4}, "pop": {"recall@10": [0.5] * 4}})
+    with pytest.raises(GateError, match="ndcg@10 is missing for pop .* in the baseline and the current run"):
+        compare(base_gap, base_gap, rules(NDCG_5PCT))
     timing = {"timing": [{"metric": "latency_p50_ms", "reference": "pop"}]}
     with pytest.raises(GateError, match="latency_p50_ms is in no row of the baseline"):
         compare(base, base, rules(timing))
