@@ -129,3 +129,14 @@ def test_precision_agrees_with_lightfms_own_evaluation() -> None:
                          shape=(data.n_users, data.n_items))
     theirs = precision_at_k(model.model, test, k=10)  # users with test items only, train items not excluded
     assert ours.mean() == pytest.approx(float(theirs.mean()), abs=1e-6)  # LightFM averages in float32
+
+
+def test_bench_run_runs_a_reproduce_file_and_refuses_narrowing(tmp_path: Path, capsys) -> None:
+    from bench.cli import main
+
+    path = write(tmp_path, experiment_header() + SUITE)
+    assert main(["run", "--suite", str(path), "--model", "ease", "--out", str(tmp_path / "o")]) == 2
+    assert "drop --dataset/--model/--seed" in capsys.readouterr().err
+    assert main(["run", "--suite", str(path), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "| tiny | precision@5 | 0.2000 |" in out and "reproduce.md" in out
