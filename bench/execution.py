@@ -1,12 +1,20 @@
 """Runs one cell so that nothing it does can take the suite down.
 
-With ``isolation = "process"`` (the default) each cell runs in a forked child:
+With ``isolation = "process"`` (the default) each cell runs in a child process:
 an exception, a hang past ``timeout`` seconds, a crash or an out-of-memory kill
 (``memory_limit_gb`` caps the child's address space) becomes a *failed cell*
 with its error text, and the suite goes on. The child writes its own
 ``cell.json`` atomically; the parent only reads it, so a SIGKILL of either
 process loses at most the cell in progress. The child dies with its parent
 (``PR_SET_PDEATHSIG``) so a killed run leaves no orphan still writing.
+
+Children are forked from a *forkserver* (a clean interpreter with bench
+preloaded), not from the calling process: forking a process that has already run
+OpenMP code (implicit, LightFM, torch) can deadlock the child in GNU libgomp, and
+a notebook or test session that fitted a model in-process is exactly that. The
+cell is pickled to the child; models registered at run time travel with it. A
+cell that cannot be pickled (e.g. a model class defined inside a function) falls
+back to a plain fork.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import pickle
 import resource
 import signal
 import sys
@@ -21,6 +30,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bench import registry
 from bench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -70,16 +80,26 @@ def _address_space_bytes() -> int:
     return 0
 
 
-def _child_main(runner: "CellRunner", mspec: "ModelSpec", cid: str, memory_limit_gb: float) -> None:
+def _child_main(payload: bytes | None, runner: "CellRunner | None", sys_path: list[str],
+                memory_limit_gb: float) -> None:
+    """Entry point of the cell's process: unpack the cell (forkserver) or use it (fork), run it, exit."""
     code = 1
     try:
         _die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         if memory_limit_gb:
-            # The child inherits the parent's address space; the limit is what the cell may add to it.
+            # The child inherits its parent's address space; the limit is what the cell may add to it.
             limit = _address_space_bytes() + int(memory_limit_gb * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        runner.run(mspec, cid)
+        if payload is not None:
+            sys.path[:] = sys_path + [p for p in sys.path if p not in sys_path]
+            runner, mspec, cid, registered = pickle.loads(payload)
+            for name, obj in registered.items():  # models the parent registered at run time
+                if name not in registry.models._objects and name not in registry.models._lazy:
+                    registry.models.register(name, obj)
+        else:
+            mspec, cid = runner._pending  # type: ignore[union-attr]
+        runner.run(mspec, cid)  # type: ignore[union-attr]
         code = 0
     except BaseException:  # noqa: BLE001 - report anything, then exit
         traceback.print_exc()
@@ -87,6 +107,28 @@ def _child_main(runner: "CellRunner", mspec: "ModelSpec", cid: str, memory_limit
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+_PRELOAD = ["bench.runner", "bench.data", "bench.metrics", "numpy", "scipy.sparse", "pandas"]
+
+
+def _start_child(runner: "CellRunner", mspec: "ModelSpec", cid: str, memory_limit_gb: float):
+    """Start the cell's process: from the forkserver when the cell pickles, else a plain fork."""
+    registered = dict(registry.models._objects)
+    try:
+        payload = pickle.dumps((runner, mspec, cid, registered), protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        payload = None
+    if payload is not None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        child = ctx.Process(target=_child_main, args=(payload, None, list(sys.path), memory_limit_gb), daemon=True)
+    else:
+        runner._pending = (mspec, cid)  # type: ignore[attr-defined]
+        child = multiprocessing.get_context("fork").Process(
+            target=_child_main, args=(None, runner, list(sys.path), memory_limit_gb), daemon=True)
+    child.start()
+    return child
 
 
 def _describe_exit(exitcode: int | None, memory_limit_gb: float) -> str:
@@ -108,9 +150,7 @@ def execute_cell(runner: "CellRunner", mspec: "ModelSpec", cid: str,
     done_file = runner.cell_dir(cid) / "cell.json"
     if done_file.exists():
         done_file.unlink()  # a forced re-run: the child's fresh file is the only truth
-    child = multiprocessing.get_context("fork").Process(
-        target=_child_main, args=(runner, mspec, cid, spec.memory_limit_gb), daemon=True)
-    child.start()
+    child = _start_child(runner, mspec, cid, spec.memory_limit_gb)
     try:
         child.join(spec.timeout or None)
     except KeyboardInterrupt:

@@ -210,3 +210,17 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_cells(tmp_path):
     (run_dir,) = root.iterdir()
     saved = pd.read_csv(run_dir / "results.csv")
     assert saved.cell_id.nunique() == len(list(run_dir.glob("cells/*/cell.json"))) >= 1
+
+
+def test_cells_run_safely_after_this_process_used_openmp(tmp_path):
+    """Forking a process whose OpenMP pool is live can deadlock the child (GNU libgomp);
+    cells therefore start from a clean forkserver. Fit ALS here first, then run ALS cells."""
+    from bench.contract import checkerboard
+
+    ALS = faulty_models.registry.models.get("als")
+    in_process = ALS(seed=0, factors=4, iterations=3)
+    in_process.fit(checkerboard())
+    config = suite([{"name": "als", "params": {"factors": 8, "iterations": 3}}, {"name": "pop"}],
+                   execution={"timeout": 120})
+    summary = run_suite(config, out_root=tmp_path, progress=None)
+    assert summary.failed == 0, summary.failures

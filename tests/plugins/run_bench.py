@@ -9,4 +9,5 @@ import faulty_models  # noqa: E402,F401
 
 from bench.cli import main  # noqa: E402
 
-sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # cell processes re-import this file (multiprocessing's rule for scripts)
+    sys.exit(main(sys.argv[1:]))
