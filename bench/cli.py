@@ -164,7 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    narrowed=bool(args.dataset or args.model or args.seed))
         config = apply_overrides(load_suite(args.suite), args)
     else:
-        raise UsageError("bench run: error: give --suite NAME|PATH, or --resume RUN_DIR")
+        raise UsageError("usage: bench run --suite NAME|PATH [options]  or  bench run --resume RUN_DIR\n"
+                         "bench run: error: give --suite NAME|PATH, or --resume RUN_DIR (see bench run --help)")
     summary = run_suite(config, out_root=args.out, data=data_options(args), run_dir=args.resume, force=args.force)
     print(summary_table(summary.frame))
     print(f"\nresults: {summary.run_dir / 'results.csv'} ({summary.cells} cells, {summary.failed} failed, "

@@ -235,8 +235,9 @@ def config_from_dict(stored: dict[str, Any], source: str) -> SuiteConfig:
     """Rebuild a config saved by :meth:`SuiteConfig.as_dict` (``config.json`` of a run), re-validated."""
 
     def drop_none(value: Any) -> Any:
+        """Unset optional fields are stored as None or ""; leave them out so defaults apply."""
         if isinstance(value, dict):
-            return {k: drop_none(v) for k, v in value.items() if v is not None}
+            return {k: drop_none(v) for k, v in value.items() if v is not None and v != ""}  # "" = default
         if isinstance(value, list):
             return [drop_none(v) for v in value]
         return value
