@@ -205,6 +205,7 @@ class CellRunner:
                 rows.append(self.system_row(base, "fit", name, value))
             for segment in self.split.segments(self.dataset):
                 rows.extend(self.run_segment(model, mspec, segment, base, cell_dir, info))
+            info["model_description"] = model.describe()  # again: fitted models add what they learned
             rows.extend(self.run_realtime(model, mspec, base, cell_dir, info))
             rows.extend(grid.validation_rows(self, mspec, base))  # grid points only: score on a carve of train
             info["status"] = "ok"
@@ -234,6 +235,7 @@ class CellRunner:
         k_max = self.ks[-1]
         batch = ev.batch_size or len(data.users)
         items_parts, score_parts = [], []
+        model.extra_metrics()  # drop figures of earlier calls: the segment's own are read below
         start = time.perf_counter()
         for lo in range(0, len(data.users), batch):
             hi = lo + batch
@@ -264,6 +266,7 @@ class CellRunner:
                                 "ci_high": hi_, "n": n, "status": "ok"})
         rows.append(self.system_row(base, segment.name, "recommend_seconds", seconds))
         rows.append(self.system_row(base, segment.name, "users_per_second", len(data.users) / max(seconds, 1e-12)))
+        rows.extend(self.system_row(base, segment.name, name, value) for name, value in model.extra_metrics().items())
         info["segments"][segment.name] = {"status": "ok", "users": int(len(data.users)), "recommend_seconds": seconds}
         rows.extend(self.measure_serving(model, data, k_max, base, info["segments"][segment.name]))
         return rows
@@ -384,7 +387,12 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
             say(f"{label}: {status} in {time.perf_counter() - cell_start:.1f}s "
                 f"(elapsed {time.perf_counter() - started:.0f}s)")
     except KeyboardInterrupt:
-        write_tables(run_dir, all_rows, prov)  # everything finished so far stays
+        # Every cell whose cell.json exists is finished, including one whose child
+        # completed as the signal arrived: rebuild the table from those files.
+        finished = [run_dir / "cells" / cell_id(d, s, m, seed, config) / "cell.json" for d, seed, s, m in cells]
+        rows = [row for path in finished if path.exists()
+                for row in json.loads(path.read_text(encoding="utf-8"))["rows"]]
+        write_tables(run_dir, rows, prov)
         say(f"interrupted: finished cells are saved in {run_dir}; "
             f"continue with: bench run --resume {run_dir}")
         raise
