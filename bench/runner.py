@@ -200,7 +200,8 @@ class CellRunner:
             info["model_description"] = model.describe()
             fit_cost = systems.measure_fit(lambda: model.fit(self.train), model.size_bytes, model.device)
             info["fit_seconds"], info["fit_cpu_seconds"] = fit_cost.wall_seconds, fit_cost.cpu_seconds
-            info["systems"] = {"device": model.device, "fit_peak_is_per_fit": fit_cost.peak_is_per_fit}
+            info["systems"] = {"device": model.device, "fit_peak_is_per_fit": fit_cost.peak_is_per_fit,
+                               "process_peak_rss_mb_before_fit": fit_cost.process_peak_before_mb}
             for name, value in fit_cost.figures().items():
                 rows.append(self.system_row(base, "fit", name, value))
             for segment in self.split.segments(self.dataset):

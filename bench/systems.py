@@ -203,7 +203,13 @@ def current_rss_mb() -> float | None:
 
 
 def reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark to the current RSS (Linux >= 4.0); False if impossible."""
+    """Reset the kernel's RSS high-water mark to the current RSS (Linux >= 4.0); False if impossible.
+
+    Side effect, by design of the kernel: ``ru_maxrss`` of this process (and what a
+    parent's ``wait4`` later reports for it) forgets every peak before the reset.
+    :func:`measure_fit` therefore keeps the earlier high-water mark in
+    ``FitCost.process_peak_before_mb``.
+    """
     try:
         _CLEAR_REFS.write_text("5")
         return True
@@ -232,6 +238,7 @@ class FitCost:
     rss_increase_mb: float | None
     peak_gpu_mb: float | None
     peak_is_per_fit: bool  # False when the high-water mark could not be reset (covers the process so far)
+    process_peak_before_mb: float = 0.0  # the process's high-water mark before the reset erased it
 
     def figures(self) -> dict[str, float]:
         out = {"fit_seconds": self.wall_seconds, "fit_cpu_seconds": self.cpu_seconds,
@@ -247,6 +254,7 @@ def measure_fit(fit: Callable[[], None], size_bytes: Callable[[], int], device: 
     """Run ``fit()`` once and measure wall/CPU seconds, peak RSS, peak GPU memory and model size."""
     clock = Clock(device)
     before = current_rss_mb()
+    peak_before = peak_rss_mb()
     per_fit = reset_peak_rss()
     clock.reset_peak_gpu()
     wall, cpu = clock.now(), time.process_time()
@@ -255,7 +263,8 @@ def measure_fit(fit: Callable[[], None], size_bytes: Callable[[], int], device: 
     cpu_seconds = time.process_time() - cpu
     peak = peak_rss_mb()
     increase = None if before is None or not per_fit else max(0.0, peak - before)
-    return FitCost(wall_seconds, cpu_seconds, int(size_bytes()), peak, increase, clock.peak_gpu_mb(), per_fit)
+    return FitCost(wall_seconds, cpu_seconds, int(size_bytes()), peak, increase, clock.peak_gpu_mb(), per_fit,
+                   peak_before)
 
 
 # -- serving ----------------------------------------------------------------------------
