@@ -135,7 +135,7 @@ def test_builtin_realtime_suite_loads():
 def test_suite_writes_replay_rows_and_curves(tmp_path):
     raw = {
         "name": "tiny-realtime",
-        # in-process: a forked child hangs once implicit's OpenMP pool ran in this process (see report)
+        # in-process: faster, and independent of how the runner isolates cells
         "execution": {"isolation": "none"},
         "evaluation": {"k": [5, 10], "bootstrap": 0, "systems": {"enabled": False},
                        "realtime": {"enabled": True, "k": 10, "block": 100, "update_cost_users": 5,
