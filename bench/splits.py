@@ -9,7 +9,7 @@ Kinds (``kind`` in a suite file):
 
 - ``random``: per user, a random ``test_fraction`` of interactions (at least one,
   for users with at least ``min_user_interactions``) is held out;
-- ``random_n``: per user, exactly ``test_items`` random interactions are held out (MovieLens ua/ub);
+- ``holdout_n``: per user, exactly ``test_items`` random interactions are held out (MovieLens ua/ub);
 - ``leave_last_out``: each user's latest interaction is held out (needs timestamps);
 - ``temporal``: a global time cut at the ``test_fraction`` quantile; test keeps only
   users and items seen before the cut (the rest is counted, not scored);
@@ -169,19 +169,19 @@ def random_holdout(dataset: Dataset, rng: np.random.Generator, test_fraction: fl
     return Split("random", {}, 0, train=rows[~is_test], test=rows[is_test])
 
 
-@split_kind("random_n", test_items=10)
-def random_n_holdout(dataset: Dataset, rng: np.random.Generator, test_items: int) -> Split:
+@split_kind("holdout_n", test_items=10)
+def holdout_n(dataset: Dataset, rng: np.random.Generator, test_items: int) -> Split:
     """Per user, exactly ``test_items`` random interactions are held out (MovieLens' ua/ub files,
     made by ``allbut.pl`` from the randomly ordered u.data); users with fewer than
     ``test_items + 1`` interactions stay entirely in training."""
     n = int(test_items)
     if n < 1:
-        raise ConfigError(f"split 'random_n': test_items = {test_items} must be >= 1")
+        raise ConfigError(f"split 'holdout_n': test_items = {test_items} must be >= 1")
     rank = _rank_within_user(dataset.user, rng.random(dataset.n_interactions))
     counts = np.bincount(dataset.user, minlength=dataset.n_users)
     is_test = (rank < n) & (counts[dataset.user] > n)
     rows = np.arange(dataset.n_interactions)
-    return Split("random_n", {}, 0, train=rows[~is_test], test=rows[is_test])
+    return Split("holdout_n", {}, 0, train=rows[~is_test], test=rows[is_test])
 
 
 @split_kind("leave_last_out", min_user_interactions=2, validation=False)

@@ -1,4 +1,4 @@
-"""The reproduce file, the published-vs-ours table, the random_n split, and agreement with LightFM's own metric."""
+"""The reproduce file, the published-vs-ours table, the holdout_n split, and agreement with LightFM's own metric."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ name = "tiny"
 seeds = [0, 1]
 evaluation = { k = [5], metrics = ["precision", "ndcg"], bootstrap = 0 }
 datasets = [{ name = "synthetic", params = { n_users = 120, n_items = 60, n_interactions = 2500 } }]
-splits = [{ kind = "random_n", params = { test_items = 3 } }]
+splits = [{ kind = "holdout_n", params = { test_items = 3 } }]
 models = [{ name = "ease", label = "ease-x", params = { l2 = 10.0 } }]
 """
 
@@ -95,17 +95,17 @@ def test_run_reproduce_writes_the_table(tmp_path: Path) -> None:
     assert table["ours"].iloc[0] == pytest.approx(mine["value"].mean())
 
 
-def test_random_n_holds_out_exactly_n_per_user() -> None:
+def test_holdout_n_holds_out_exactly_n_per_user() -> None:
     data = load_dataset("synthetic", None, None, n_users=200, n_items=80, n_interactions=4000)
-    split = make_split(data, "random_n", 3, test_items=4)
+    split = make_split(data, "holdout_n", 3, test_items=4)
     counts = np.bincount(data.user, minlength=data.n_users)
     per_user = np.bincount(data.user[split.test], minlength=data.n_users)
     assert np.array_equal(per_user, np.where(counts > 4, 4, 0))
     assert np.intersect1d(split.train, split.test).size == 0 and len(split.train) + len(split.test) == len(data.user)
-    again = make_split(data, "random_n", 3, test_items=4)
+    again = make_split(data, "holdout_n", 3, test_items=4)
     assert np.array_equal(again.test, split.test)
     with pytest.raises(ConfigError, match="test_items"):
-        make_split(data, "random_n", 0, test_items=0)
+        make_split(data, "holdout_n", 0, test_items=0)
 
 
 def test_precision_agrees_with_lightfms_own_evaluation() -> None:
@@ -115,7 +115,7 @@ def test_precision_agrees_with_lightfms_own_evaluation() -> None:
     from bench import registry
 
     data = load_dataset("synthetic", None, None, n_users=150, n_items=90, n_interactions=4000)
-    split = make_split(data, "random_n", 0, test_items=5)
+    split = make_split(data, "holdout_n", 0, test_items=5)
     train = train_data(data, split.train)
     model = registry.models.get("lightfm")(seed=0, no_components=8, epochs=5)
     model.fit(train)
