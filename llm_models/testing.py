@@ -1,0 +1,43 @@
+"""A tiny, randomly initialised causal LM for smoke tests and contract tests on CPU.
+
+It is a real ``transformers`` Llama (2 layers, width 64) with the packaged
+SmolLM2 tokenizer, so every code path of the LM plug-ins runs exactly as with a
+real checkpoint, in seconds. It knows nothing until fine-tuned: use it to test
+plumbing, never to report accuracy. Select it with
+``model_name_or_path = "tiny-random"``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_RANDOM = "tiny-random"
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_causal_lm(seed: int = 0) -> str:
+    """Directory of the tiny LM, built once per process in a temporary folder (removed at exit)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm_models import runtime
+
+    location, gguf_file = runtime.resolve_checkpoint(runtime.DEFAULT_LM, "tiny-random")
+    tokenizer, _ = runtime._load_lm(location, gguf_file)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    torch.random.set_rng_state(state)
+    folder = Path(tempfile.mkdtemp(prefix="bench-tiny-lm-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
