@@ -63,6 +63,7 @@ class ModelSpec:
     label: str = ""
     grid_of: str = ""  # set on grid points: the label of the grid they came from (bench.grid)
     select_by: str = ""  # grid points: validation metric that picks the winner, e.g. "ndcg@10"
+    splits: list[str] | None = None  # run only on splits of these kinds; None = every split
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -110,7 +111,8 @@ _TOP = {"name": str, "description": str, "seeds": list, "device": str, "datasets
 _EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int, float)}
 _DATASET = {"name": str, "params": dict, "implicit": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list}
-_MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str}
+_MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str,
+          "splits": list}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
          "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str}
 _DEVICES = ("cpu", "cuda", "auto")
@@ -201,8 +203,16 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
         _check_keys(table, _MODEL, where, source)
         _require(table, "name", f"models[{i}]", source)
         _known(registry.models, table["name"], f"models[{i}].name", source)
+        only_splits = table.get("splits")
+        if only_splits is not None:
+            kinds = [s.kind for s in splits]
+            for kind in only_splits:
+                if kind not in kinds:
+                    raise ConfigError(f"{source}: models[{i}].splits names '{kind}', which is not a kind in "
+                                      f"[[splits]] ({', '.join(kinds)})")
         base = ModelSpec(table["name"], dict(table.get("params", {})), table.get("label", ""),
-                         grid_of=table.get("grid_of", ""), select_by=table.get("select_by", ""))
+                         grid_of=table.get("grid_of", ""), select_by=table.get("select_by", ""),
+                         splits=only_splits)
         for spec in grid.expand(base, table, f"models[{i}]", source):  # one spec per grid point
             if spec.label in labels:
                 raise ConfigError(f"{source}: two models share the label '{spec.label}'; give one a distinct 'label'")

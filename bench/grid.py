@@ -81,7 +81,8 @@ def expand(spec: ModelSpec, table: dict[str, Any], where: str, source: str) -> l
     for values in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, values))
         label = f"{spec.label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
-        points.append(ModelSpec(spec.name, spec.params | point, label, grid_of=spec.label, select_by=select_by))
+        points.append(ModelSpec(spec.name, spec.params | point, label, grid_of=spec.label, select_by=select_by,
+                                splits=spec.splits))
     return points
 
 

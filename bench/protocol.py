@@ -161,6 +161,9 @@ class Recommender:
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
     default_params: ClassVar[dict[str, Any]] = {}
+    # Modules worth importing once in the cell forkserver rather than in every cell
+    # (e.g. torch and transformers, seconds each); see bench.execution.
+    preload_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, seed: int = 0, device: str = "cpu", **params: Any) -> None:
         unknown = sorted(set(params) - set(self.default_params))

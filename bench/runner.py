@@ -310,7 +310,8 @@ def plan_cells(config: SuiteConfig) -> list[tuple[DatasetSpec, int, SplitSpec, M
                 if sspec.datasets is not None and dspec.name not in sspec.datasets:
                     continue
                 for mspec in config.models:
-                    cells.append((dspec, seed, sspec, mspec))
+                    if mspec.splits is None or sspec.kind in mspec.splits:
+                        cells.append((dspec, seed, sspec, mspec))
     return cells
 
 
@@ -334,7 +335,7 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     Without ``run_dir`` the folder is ``out_root/<suite>-<run key>``: the same
     config on the same code lands in the same folder and resumes there.
     """
-    from bench.execution import execute_cell
+    from bench.execution import execute_cell, preload_for
 
     data = data or DataOptions()
     say = progress or (lambda _msg: None)
@@ -346,6 +347,7 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     atomic_write_json(run_dir / "provenance.json", prov)
 
     cells = plan_cells(config)
+    preload_for([registry.models.get(m.name) for m in config.models])
     all_rows: list[dict[str, Any]] = []
     failures: list[str] = []
     skipped = 0
