@@ -111,3 +111,18 @@ def test_run_writes_tidy_results_with_provenance(tmp_path, capsys):
     assert len(list((run_dir / "cells").glob("*/topk-all.npz"))) == 2
     out = capsys.readouterr().out
     assert "ndcg@10" in out and "results:" in out
+
+
+def test_a_model_can_be_limited_to_some_split_kinds(tmp_path):
+    from bench.config import load_suite
+    from bench.errors import ConfigError
+    from bench.runner import plan_cells
+
+    two_splits = GOOD.replace('[[models]]\nname = "pop"', '[[splits]]\nkind = "user_coldstart"\n[[models]]\nname = "pop"')
+    limited = two_splits.replace('name = "als"', 'name = "als"\nsplits = ["random"]')
+    cells = plan_cells(load_suite(str(write(tmp_path, limited))))
+    assert sorted((s.kind, m.label) for _, _, s, m in cells) == [
+        ("random", "als"), ("random", "pop"), ("user_coldstart", "pop")]
+    with pytest.raises(ConfigError, match="models\\[1\\].splits names 'temporal'"):
+        load_suite(str(write(tmp_path, two_splits.replace('name = "als"', 'name = "als"\nsplits = ["temporal"]'),
+                             "bad.toml")))
