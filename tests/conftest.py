@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.data import DataOptions, load_dataset
@@ -34,3 +35,23 @@ def data_options(mirror: tuple[Path, ...], tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def ml100k(data_options: DataOptions):
     return load_dataset("ml-100k", data_options)
+
+
+@pytest.fixture(scope="session")
+def als_top20(ml100k):
+    """Top-20 lists of implicit's ALS on ml-100k (random split, training items excluded).
+
+    Real model output for checking metrics against other frameworks. Returns
+    (users, items, scores, test_users, test_items).
+    """
+    from baselines.implicit_models import ALS
+    from bench.runner import train_data
+    from bench.splits import make_split
+
+    split = make_split(ml100k, "random", 0)
+    train = train_data(ml100k, split.train)
+    model = ALS(seed=0, factors=32, iterations=10)
+    model.fit(train)
+    users = np.unique(ml100k.user[split.test])
+    items, scores = model.recommend(users, 20, exclude=train.matrix[users])
+    return users, items, scores, ml100k.user[split.test], ml100k.item[split.test]

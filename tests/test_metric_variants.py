@@ -26,19 +26,9 @@ VARIANTS = ["precision", "recall", "recall[denominator=test]", "recall[denominat
 
 
 @pytest.fixture(scope="module")
-def real_lists(ml100k):
+def real_lists(ml100k, als_top20):
     """Top-20 lists of implicit's ALS on ml-100k (random split, training items excluded), scored by bench."""
-    from baselines.implicit_models import ALS
-    from bench.runner import train_data
-    from bench.splits import make_split
-
-    split = make_split(ml100k, "random", 0)
-    train = train_data(ml100k, split.train)
-    model = ALS(seed=0, factors=32, iterations=10)
-    model.fit(train)
-    users = np.unique(ml100k.user[split.test])
-    items, scores = model.recommend(users, max(KS), exclude=train.matrix[users])
-    tu, ti = ml100k.user[split.test], ml100k.item[split.test]
+    users, items, scores, tu, ti = als_top20
     hits, n_rel = M.hit_matrix(items, users, tu, ti, ml100k.n_items)
     x = M.EvalInputs(items=items, hits=hits, n_relevant=n_rel, n_candidates=ml100k.n_items,
                      item_popularity=np.zeros(ml100k.n_items, dtype=np.int64), n_train_users=1, item_categories=None)

@@ -72,19 +72,8 @@ def test_category_metric_is_absent_not_zero_without_categories():
 
 
 @pytest.fixture(scope="module")
-def als_lists(ml100k):
-    """Top-20 lists of a real ALS model on ml-100k (random split), with test pairs."""
-    from baselines.implicit_models import ALS
-    from bench.runner import train_data
-    from bench.splits import make_split
-
-    split = make_split(ml100k, "random", 0)
-    train = train_data(ml100k, split.train)
-    model = ALS(seed=0, factors=32, iterations=10)
-    model.fit(train)
-    users = np.unique(ml100k.user[split.test])
-    items, scores = model.recommend(users, 20, exclude=train.matrix[users])
-    return users, items, scores, ml100k.user[split.test], ml100k.item[split.test], ml100k.n_items
+def als_lists(ml100k, als_top20):
+    return (*als_top20, ml100k.n_items)
 
 
 def test_matches_ranx_on_real_als_lists(als_lists):
