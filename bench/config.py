@@ -136,6 +136,14 @@ def _require(table: dict[str, Any], key: str, where: str, source: str) -> None:
         raise ConfigError(f"{source}: '{where}' needs a '{key}' key")
 
 
+def _check_entry(table: Any, section: str, i: int, schema: dict[str, Any], required: str, source: str) -> None:
+    """One [[section]] entry: a table with known keys of the right types and its required key."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: {section}[{i}] must be a table")
+    _check_keys(table, schema, f"{section}[{i}].", source)
+    _require(table, required, f"{section}[{i}]", source)
+
+
 def _known(kind_registry: registry.Registry, name: str, where: str, source: str) -> None:
     if name not in kind_registry:
         names = kind_registry.names()
@@ -162,22 +170,14 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
 
     datasets = []
     for i, table in enumerate(raw["datasets"]):
-        where = f"datasets[{i}]."
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: datasets[{i}] must be a table")
-        _check_keys(table, _DATASET, where, source)
-        _require(table, "name", f"datasets[{i}]", source)
+        _check_entry(table, "datasets", i, _DATASET, "name", source)
         _known(registry.datasets, table["name"], f"datasets[{i}].name", source)
         datasets.append(DatasetSpec(table["name"], dict(table.get("params", {})), dict(table.get("implicit", {}))))
 
     splits = []
     dataset_names = {d.name for d in datasets}
     for i, table in enumerate(raw["splits"]):
-        where = f"splits[{i}]."
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: splits[{i}] must be a table")
-        _check_keys(table, _SPLIT, where, source)
-        _require(table, "kind", f"splits[{i}]", source)
+        _check_entry(table, "splits", i, _SPLIT, "kind", source)
         kind = table["kind"]
         if kind not in SPLITS:
             raise ConfigError(f"{source}: splits[{i}].kind = '{kind}' is unknown; {suggest(kind, list(SPLITS))}"
@@ -197,11 +197,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
     models = []
     labels: set[str] = set()
     for i, table in enumerate(expand_capability_selectors(raw["models"], source)):
-        where = f"models[{i}]."
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: models[{i}] must be a table")
-        _check_keys(table, _MODEL, where, source)
-        _require(table, "name", f"models[{i}]", source)
+        _check_entry(table, "models", i, _MODEL, "name", source)
         _known(registry.models, table["name"], f"models[{i}].name", source)
         only_splits = table.get("splits")
         if only_splits is not None:
