@@ -108,7 +108,6 @@ class LMRecommender(Recommender):
         """Seeded LoRA (or full) fine-tuning; ``self.batch_loss(rng)`` defines the task."""
         torch, p = self.torch, self.params
         runtime.seed_everything(self.seed)
-        self.gpu_peak.reset()
         self.users = self.training_users(rng)
         losses: list[float] = []
         start = time.perf_counter()
@@ -163,9 +162,6 @@ class LMRecommender(Recommender):
     def extra_metrics(self) -> dict[str, float]:
         out = dict(self.counters)
         self.counters = {}
-        peak = self.gpu_peak.take()
-        if peak is not None:
-            out["peak_gpu_mb"] = peak
         return out
 
     def size_bytes(self) -> int:

@@ -184,25 +184,17 @@ def seed_everything(seed: int) -> None:
 
 
 class GpuPeak:
-    """Peak GPU memory since the last :meth:`take` (None on CPU)."""
+    """Peak GPU memory so far (None on CPU). Read-only: the runner's systems timers own the resets."""
 
     def __init__(self, device: str) -> None:
         self.cuda = device.startswith("cuda")
-
-    def reset(self) -> None:
-        if self.cuda:
-            import torch
-
-            torch.cuda.reset_peak_memory_stats()
 
     def take(self) -> float | None:
         if not self.cuda:
             return None
         import torch
 
-        peak = float(torch.cuda.max_memory_allocated()) / 2**20
-        torch.cuda.reset_peak_memory_stats()
-        return peak
+        return float(torch.cuda.max_memory_allocated()) / 2**20
 
 
 def batches(n: int, size: int) -> Iterator[slice]:

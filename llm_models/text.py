@@ -32,6 +32,7 @@ class TextEmbed(Recommender):
     """
 
     name = "text-embed"
+    preload_modules = ("torch", "transformers")  # imported once in the cell forkserver (bench.execution)
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True,
                                 devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {
