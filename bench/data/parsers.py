@@ -129,7 +129,9 @@ def parse_lastfm(paths: dict[str, Path]) -> RawFrames:
     # No timestamps: the tag-assignment files that carry them are not in the
     # archive copy we mirror, and user_artists.dat has none.
     items_out = pd.DataFrame({
-        "text": [f"{name} (music artist)" for name in artists["name"]],
+        # The name alone: a shared suffix such as "(music artist)" would dominate every
+        # sentence embedding and make all artists look alike to text models.
+        "text": list(artists["name"]),
         "categories": [[] for _ in range(len(artists))],
         "tokens": [title_tokens(name) for name in artists["name"]],
     }, index=artists["item"].to_numpy())
