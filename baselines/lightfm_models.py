@@ -11,6 +11,10 @@ Cold start, and what we do for it (LightFM cannot add rows after ``fit``):
 - cold items (hybrid only): an item without training interactions never had an
   identity feature, so its representation is its side features' embeddings, the
   same representation it had during training;
+- incremental ``update`` (both modes): ``fit_partial`` for ``update_epochs``
+  epochs on the new interactions alone, with the same feature layout; users and
+  items seen for the first time gain their identity feature (its embedding row
+  already exists, untrained), and the fold-in map is refit on the new embeddings;
 - cold users (both modes), *fold-in through item representations*: after fitting,
   a ridge regression maps a user's L1-normalised history row to (warm user
   embedding - the part their side features explain). A cold user gets
@@ -44,12 +48,13 @@ class LightFMPure(Recommender):
     """LightFM with identity features only; see the module docstring."""
 
     name = "lightfm"
-    capabilities = Capabilities(cold_users=True)
+    capabilities = Capabilities(cold_users=True, update=True)
     # LightFM's own defaults, except no_components/epochs from its MovieLens examples (30).
     default_params: dict[str, Any] = {
         "loss": "warp", "no_components": 30, "learning_rate": 0.05, "learning_schedule": "adagrad",
         "item_alpha": 0.0, "user_alpha": 0.0, "max_sampled": 10, "k": 5, "n": 10, "rho": 0.95,
         "epsilon": 1e-6, "epochs": 30, "num_threads": 1, "negatives": 1, "fold_in_l2": 1.0,
+        "update_epochs": 1,  # fit_partial epochs over the new interactions in update()
     }
     hybrid = False
 
@@ -62,7 +67,7 @@ class LightFMPure(Recommender):
             self.capabilities = Capabilities(
                 cold_users=self.capabilities.cold_users,
                 cold_users_zero_shot=self.capabilities.cold_users_zero_shot,
-                cold_items=self.capabilities.cold_items, deterministic=False,
+                cold_items=self.capabilities.cold_items, update=self.capabilities.update, deterministic=False,
                 nondeterminism="LightFM's Hogwild SGD with num_threads > 1 races; use num_threads = 1")
 
     # -- features ----------------------------------------------------------
@@ -77,19 +82,37 @@ class LightFMPure(Recommender):
         p = self.params
         self.n_users, self.n_items = train.n_users, train.n_items
         self.user_items = train.matrix
+        self.side = train.side
         self.user_features, self.item_features = self.feature_matrices(train)
         self.model = LightFM(random_state=self.seed, **{key: p[key] for key in LIGHTFM_ARGS})
-        positives = self.user_items.tocoo()
+        self.negative_rng = np.random.default_rng(self.seed)
+        self.train_epochs(self.user_items, int(p["epochs"]))
+        self.refresh_representations()
+
+    def update(self, new: TrainData) -> None:
+        """``fit_partial`` on the new interactions (``update_epochs`` epochs), then refresh the fold-in map."""
+        self.user_items = (self.user_items + new.matrix).tocsr()
+        if self.hybrid:  # first-seen users/items gain their identity feature; the column layout is unchanged
+            self.user_features, self.item_features = self.feature_matrices(
+                TrainData(*self.user_items.nonzero(), np.ones(self.user_items.nnz, np.float32), None, self.side))
+        self.train_epochs(new.matrix, int(self.params["update_epochs"]))
+        self.refresh_representations()
+
+    def train_epochs(self, interactions: sp.csr_matrix, epochs: int) -> None:
+        """``epochs`` passes of LightFM's SGD over ``interactions`` (as binary positives), continuing training."""
+        positives = sp.coo_matrix(interactions)
         positives = sp.coo_matrix((np.ones(positives.nnz, np.float32), (positives.row, positives.col)),
                                   shape=positives.shape)
         fit_args = {"user_features": self.user_features, "item_features": self.item_features,
-                    "num_threads": int(p["num_threads"])}
-        if p["loss"] == "logistic":
-            rng = np.random.default_rng(self.seed)
-            for _ in range(int(p["epochs"])):
-                self.model.fit_partial(self.with_negatives(positives, rng), epochs=1, **fit_args)
-        else:
-            self.model.fit(positives, epochs=int(p["epochs"]), **fit_args)
+                    "num_threads": int(self.params["num_threads"])}
+        if self.params["loss"] == "logistic":
+            for _ in range(epochs):
+                self.model.fit_partial(self.with_negatives(positives, self.negative_rng), epochs=1, **fit_args)
+        elif epochs > 0:
+            self.model.fit_partial(positives, epochs=epochs, **fit_args)
+
+    def refresh_representations(self) -> None:
+        """Cache the embeddings and biases that serving uses, and refit the cold-user fold-in on them."""
         self.item_bias, self.item_vectors = self.model.get_item_representations(self.item_features)
         self.user_bias, self.user_vectors = self.model.get_user_representations(self.user_features)
         self.fit_fold_in()
@@ -152,7 +175,7 @@ class LightFMHybrid(LightFMPure):
     """LightFM with identity + side features for users and items; see the module docstring."""
 
     name = "lightfm-hybrid"
-    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True)
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True, update=True)
     default_params = {**LightFMPure.default_params, "user_side_features": True, "item_side_features": True}
     hybrid = True
 

@@ -29,11 +29,16 @@ class TextEmbed(Recommender):
 
     Users with no history at all fall back to training popularity (there is no
     text to embed), which is what makes zero-shot cold users servable.
+    ``update`` is exact when the new interactions are later than the old ones
+    (the state a refit on all of them gives): new
+    interactions join the histories and popularity, and only items beyond the
+    embedded catalogue are encoded. The whole catalogue's text is known at
+    ``fit``, so in bench an update usually encodes nothing.
     """
 
     name = "text-embed"
     preload_modules = ("torch", "transformers")  # imported once in the cell forkserver (bench.execution)
-    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True,
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True, update=True,
                                 devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {
         **ENCODER_PARAMS,
@@ -47,15 +52,41 @@ class TextEmbed(Recommender):
         runtime.use_threads(p["num_threads"])
         self.texts = runtime.item_texts(train.side, p["max_chars"])
         self.histories = train.histories()
-        popularity = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
-        self.popularity = popularity / max(popularity.max(), 1.0)
+        self.count_items(train)
         self.item_embeddings = self.embed_items()
         runtime.synchronize(self.device)
+
+    def count_items(self, train: TrainData, add: bool = False) -> None:
+        """Interactions per item (kept for updates; ``add`` to the kept ones) and the popularity fallback."""
+        counts = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
+        if add:
+            counts[:len(self.item_counts)] += self.item_counts
+        self.item_counts = counts
+        self.popularity = counts / max(counts.max(), 1.0)
 
     def embed_items(self) -> np.ndarray:
         p = self.params
         return runtime.pretrained_item_embeddings(p["model_name_or_path"], self.name, self.texts, p["max_length"],
                                                   p["batch_size"], self.device)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of item texts the fitted item encoder has not seen yet."""
+        p = self.params
+        return runtime.pretrained_item_embeddings(p["model_name_or_path"], self.name, texts, p["max_length"],
+                                                  p["batch_size"], self.device)
+
+    def update(self, new: TrainData) -> None:
+        """New interactions extend each user's time-ordered history; items not embedded yet are encoded."""
+        if new.n_items > len(self.item_embeddings):
+            self.texts = runtime.item_texts(new.side, self.params["max_chars"])
+            fresh = self.encode_texts(self.texts[len(self.item_embeddings):])
+            self.item_embeddings = np.vstack([self.item_embeddings, fresh])
+        self.histories += [np.zeros(0, np.int64)] * (new.n_users - len(self.histories))
+        added = new.histories()
+        for user in np.unique(new.user):
+            self.histories[user] = np.concatenate([self.histories[user], added[user]])
+        self.count_items(new, add=True)
+        runtime.synchronize(self.device)
 
     def user_histories(self, user_ids: np.ndarray, history: list[np.ndarray] | None) -> list[np.ndarray]:
         if history is not None:
@@ -96,9 +127,16 @@ class TextTwoTower(TextEmbed):
     negatives (InfoNCE, temperature ``temperature``). At serving time the user is
     the same history text, so query and training distributions match. The loss
     of every step is kept (``describe()["training"]["loss_curve"]``).
+
+    No ``update`` capability: the towers learn only from the interactions seen
+    at fit, so absorbing new ones without gradient steps (history append, which
+    the inherited ``update`` would do) is a stale model, not an incremental
+    one; its honest freshness point is a retrain.
     """
 
     name = "text-twotower"
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True,
+                                devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {
         **ENCODER_PARAMS,
         "max_history_items": 10,  # items in a user's query text
@@ -116,8 +154,7 @@ class TextTwoTower(TextEmbed):
         runtime.use_threads(p["num_threads"])
         self.texts = runtime.item_texts(train.side, p["max_chars"])
         self.histories = train.histories()
-        popularity = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
-        self.popularity = popularity / max(popularity.max(), 1.0)
+        self.count_items(train)
         runtime.seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
         tokenizer, model = runtime.load_encoder(p["model_name_or_path"], self.name)
@@ -154,6 +191,9 @@ class TextTwoTower(TextEmbed):
                          "loss_curve": [round(v, 5) for v in losses]}
         self.item_embeddings = self.item_encoder.encode(self.texts, p["batch_size"])
         runtime.synchronize(self.device)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.item_encoder.encode(texts, self.params["batch_size"])
 
     def sample_batch(self, users: np.ndarray, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
         p = self.params
