@@ -153,6 +153,30 @@ def _describe_exit(exitcode: int | None, memory_limit_gb: float) -> str:
     return f"the cell's process exited with code {exitcode} before recording a result{limit}"
 
 
+def _start_uninterrupted(runner: "CellRunner", mspec: "ModelSpec", cid: str, memory_limit_gb: float):
+    """Start the cell's process with Ctrl-C held back until the start is complete.
+
+    A Ctrl-C while the cell is being sent to its process would leave that process
+    reading a truncated pickle (and printing its traceback); the interrupt is
+    instead taken right after, and the just-started process is stopped.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _start_child(runner, mspec, cid, memory_limit_gb)
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        child = _start_child(runner, mspec, cid, memory_limit_gb)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        child.kill()
+        child.join()
+        raise KeyboardInterrupt
+    return child
+
+
 def execute_cell(runner: "CellRunner", mspec: "ModelSpec", cid: str,
                  spec: ExecutionSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the cell as ``spec`` says and return its rows and cell info."""
@@ -161,7 +185,7 @@ def execute_cell(runner: "CellRunner", mspec: "ModelSpec", cid: str,
     done_file = runner.cell_dir(cid) / "cell.json"
     if done_file.exists():
         done_file.unlink()  # a forced re-run: the child's fresh file is the only truth
-    child = _start_child(runner, mspec, cid, spec.memory_limit_gb)
+    child = _start_uninterrupted(runner, mspec, cid, spec.memory_limit_gb)
     try:
         child.join(spec.timeout or None)
     except KeyboardInterrupt:
