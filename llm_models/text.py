@@ -27,8 +27,10 @@ ENCODER_PARAMS: dict[str, Any] = {
 class TextEmbed(Recommender):
     """Zero-shot: cosine between item text embeddings and a recency-weighted mean of the user's history.
 
-    Users with no history at all fall back to training popularity (there is no
-    text to embed), which is what makes zero-shot cold users servable.
+    Users with no history at all have no text to embed: ``score`` returns training
+    popularity for them, but the model does not claim zero-shot cold users, so the
+    harness reports that case as "not served" instead of crediting a popularity
+    fallback to a text model.
     ``update`` is exact when the new interactions are later than the old ones
     (the state a refit on all of them gives): new
     interactions join the histories and popularity, and only items beyond the
@@ -38,7 +40,7 @@ class TextEmbed(Recommender):
 
     name = "text-embed"
     preload_modules = ("torch", "transformers")  # imported once in the cell forkserver (bench.execution)
-    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True, update=True,
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=False, cold_items=True, update=True,
                                 devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {
         **ENCODER_PARAMS,
@@ -135,7 +137,7 @@ class TextTwoTower(TextEmbed):
     """
 
     name = "text-twotower"
-    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True,
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=False, cold_items=True,
                                 devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {
         **ENCODER_PARAMS,

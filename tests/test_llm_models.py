@@ -76,7 +76,8 @@ def test_text_embed_user_is_recency_weighted_mean() -> None:
     expected /= np.linalg.norm(expected)
     scores = model.score(np.array([0]), history=[np.array([2, 7])])
     assert np.allclose(scores[0], e @ expected, atol=1e-5)
-    # an empty history falls back to training popularity (zero-shot cold user)
+    # an empty history scores by training popularity; the model does not claim zero-shot users for it
+    assert not model.capabilities.cold_users_zero_shot
     empty = model.score(np.array([0]), history=[np.zeros(0, np.int64)])
     assert np.allclose(empty[0], model.popularity)
 
