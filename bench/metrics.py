@@ -147,18 +147,31 @@ def average_popularity(x: EvalInputs, k: int) -> np.ndarray:
     return x.item_popularity[x.items[:, :k]].mean(1).astype(np.float64)
 
 
+_unit_vectors_of: list[tuple[sp.csr_matrix, np.ndarray]] = []  # (matrix, its unit rows): the last one seen
+
+
+def _unit_category_vectors(categories: sp.csr_matrix) -> np.ndarray:
+    """Dense L2-normalised category rows, remembered for the matrix last asked about.
+
+    Every segment and cell of a dataset shares one category matrix, so the dense
+    copy is made once, not once per scoring pass (identity check: never stale).
+    """
+    if _unit_vectors_of and _unit_vectors_of[0][0] is categories:
+        return _unit_vectors_of[0][1]
+    cats = categories.toarray().astype(np.float64)
+    norms = np.linalg.norm(cats, axis=1, keepdims=True)
+    unit = np.divide(cats, norms, out=np.zeros_like(cats), where=norms > 0)
+    _unit_vectors_of[:] = [(categories, unit)]
+    return unit
+
+
 @_register("ild", True, needs="categories", doc="mean pairwise (1 - cosine) of category vectors")
 def intra_list_diversity(x: EvalInputs, k: int) -> np.ndarray:
     if k < 2:
         return np.zeros(x.n_users)
     assert x.item_categories is not None
 
-    def unit_vectors() -> np.ndarray:
-        cats = x.item_categories.toarray().astype(np.float64)
-        norms = np.linalg.norm(cats, axis=1, keepdims=True)
-        return np.divide(cats, norms, out=np.zeros_like(cats), where=norms > 0)
-
-    unit = x.shared("unit_categories", unit_vectors)
+    unit = x.shared("unit_categories", lambda: _unit_category_vectors(x.item_categories))
     self_similarity = x.shared("unit_norms", lambda: (unit * unit).sum(1))  # 1, or 0 without categories
     summed = np.zeros((x.n_users, unit.shape[1]))
     for rank in range(k):  # sum_i v_i, one rank at a time (no [n, k, c] temporary); sum_{i,j} v_i.v_j = |sum|^2
