@@ -35,6 +35,7 @@ from bench.execution import ExecutionSpec
 from bench.protocol import Capabilities
 from bench.realtime import RealtimeSpec, parse_realtime
 from bench.registry import suggest
+from bench.schema import check_keys as _check_keys
 from bench.systems import SystemsSpec, parse_systems
 
 
@@ -116,19 +117,6 @@ _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": 
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
          "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str}
 _DEVICES = ("cpu", "cuda", "auto")
-
-
-def _check_keys(table: dict[str, Any], schema: dict[str, type], where: str, source: str) -> None:
-    for key, value in table.items():
-        if key not in schema:
-            raise ConfigError(f"{source}: unknown key '{where}{key}'; {suggest(key, list(schema))}"
-                              f"valid keys here: {', '.join(schema)}")
-        expected = schema[key]
-        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
-        if not ok:
-            names = " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
-            raise ConfigError(f"{source}: '{where}{key}' must be a {names}, "
-                              f"got {type(value).__name__} ({value!r})")
 
 
 def _require(table: dict[str, Any], key: str, where: str, source: str) -> None:

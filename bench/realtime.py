@@ -65,6 +65,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bench.errors import ConfigError
+from bench.schema import check_keys
 from bench.protocol import Recommender, SideInfo, TrainData
 
 POLICIES = ("static", "incremental", "retrain")
@@ -110,15 +111,7 @@ def parse_realtime(raw: dict[str, Any] | RealtimeSpec, source: str) -> RealtimeS
         return raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: 'evaluation.realtime' must be a table, got {type(raw).__name__}")
-    for key, value in raw.items():
-        if key not in _KEYS:
-            from bench.registry import suggest
-
-            raise ConfigError(f"{source}: unknown key 'evaluation.realtime.{key}'; {suggest(key, list(_KEYS))}"
-                              f"valid keys here: {', '.join(_KEYS)}")
-        if not isinstance(value, _KEYS[key]) or (_KEYS[key] is int and isinstance(value, bool)):
-            raise ConfigError(f"{source}: 'evaluation.realtime.{key}' must be a {_KEYS[key].__name__}, "
-                              f"got {value!r}")
+    check_keys(raw, _KEYS, "evaluation.realtime.", source)
     values = dict(raw)
     policies = []
     for i, table in enumerate(values.pop("policies", None) or [asdict(p) for p in _default_policies()]):

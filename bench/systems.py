@@ -62,6 +62,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bench.errors import ConfigError
+from bench.schema import check_keys
 
 # -- configuration -----------------------------------------------------------------
 
@@ -94,16 +95,7 @@ def parse_systems(raw: dict[str, Any] | SystemsSpec, source: str) -> SystemsSpec
         return raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: 'evaluation.systems' must be a table, got {type(raw).__name__}")
-    for key, value in raw.items():
-        if key not in _SYSTEMS_KEYS:
-            from bench.registry import suggest
-
-            raise ConfigError(f"{source}: unknown key 'evaluation.systems.{key}'; {suggest(key, list(_SYSTEMS_KEYS))}"
-                              f"valid keys here: {', '.join(_SYSTEMS_KEYS)}")
-        expected = _SYSTEMS_KEYS[key]
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            raise ConfigError(f"{source}: 'evaluation.systems.{key}' has the wrong type ({value!r}); "
-                              f"see `bench.systems.SystemsSpec` for the expected types")
+    check_keys(raw, _SYSTEMS_KEYS, "evaluation.systems.", source)
     spec = SystemsSpec(**raw)
     if spec.warmup < 0 or spec.latency_requests < 0 or spec.server_requests < 0:
         raise ConfigError(f"{source}: evaluation.systems warmup, latency_requests and server_requests must be >= 0")
