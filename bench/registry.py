@@ -94,7 +94,10 @@ class Registry(Generic[T]):
         return self._origin.get(name, "")
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self.names()
+        if not isinstance(name, str):
+            return False
+        self._load_entry_points()
+        return name in self._objects or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -127,3 +127,18 @@ def test_paired_bootstrap_pvalue_separates_signal_from_noise():
     p = paired_bootstrap_pvalue(noise, a)
     ref = scipy.stats.ttest_rel(noise, a).pvalue
     assert abs(p - ref) < 0.1
+
+
+def test_hit_matrix_lookup_table_and_binary_search_agree(als_lists, monkeypatch):
+    """Small users x items ranges use a boolean table, huge ones a binary search: same hits, same |T|."""
+    users, items, _scores, tu, ti, n_items = als_lists
+    items = items.copy()
+    items[::7, -1] = -1  # padding never hits, whatever path
+    tu, ti = np.concatenate([tu, tu[:50]]), np.concatenate([ti, ti[:50]])  # duplicate test pairs count once
+    table_hits, table_rel = M.hit_matrix(items, users, tu, ti, n_items)
+    monkeypatch.setattr(M, "DENSE_LOOKUP_MAX_KEYS", 1)
+    search_hits, search_rel = M.hit_matrix(items, users, tu, ti, n_items)
+    assert table_hits.any() and not table_hits[::7, -1].any()
+    assert np.array_equal(table_hits, search_hits) and np.array_equal(table_rel, search_rel)
+    expected_rel = np.array([len(set(ti[tu == u])) for u in users])
+    assert np.array_equal(table_rel, expected_rel)
