@@ -65,6 +65,10 @@ class ModelSpec:
     grid_of: str = ""  # set on grid points: the label of the grid they came from (bench.grid)
     select_by: str = ""  # grid points: validation metric that picks the winner, e.g. "ndcg@10"
     splits: list[str] | None = None  # run only on splits of these kinds; None = every split
+    # score this model on a seeded sample of at most this many test users per segment (None or 0 = the
+    # suite's evaluation.max_test_users, which it can only shrink). Samples are prefixes of one seeded
+    # permutation: every model sampled at this size sees the same users, a subset of any larger sample.
+    max_test_users: int | None = None
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -113,7 +117,7 @@ _EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int
 _DATASET = {"name": str, "params": dict, "implicit": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list}
 _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str,
-          "splits": list}
+          "splits": list, "max_test_users": int}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
          "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str}
 _DEVICES = ("cpu", "cuda", "auto")
@@ -196,7 +200,10 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
                                       f"[[splits]] ({', '.join(kinds)})")
         base = ModelSpec(table["name"], dict(table.get("params", {})), table.get("label", ""),
                          grid_of=table.get("grid_of", ""), select_by=table.get("select_by", ""),
-                         splits=only_splits)
+                         splits=only_splits, max_test_users=table.get("max_test_users"))
+        if base.max_test_users is not None and base.max_test_users < 0:
+            raise ConfigError(f"{source}: models[{i}].max_test_users must be >= 0 (0 = every test user), "
+                              f"got {base.max_test_users}")
         for spec in grid.expand(base, table, f"models[{i}]", source):  # one spec per grid point
             if spec.label in labels:
                 raise ConfigError(f"{source}: two models share the label '{spec.label}'; give one a distinct 'label'")

@@ -82,7 +82,7 @@ def expand(spec: ModelSpec, table: dict[str, Any], where: str, source: str) -> l
         point = dict(zip(keys, values))
         label = f"{spec.label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
         points.append(ModelSpec(spec.name, spec.params | point, label, grid_of=spec.label, select_by=select_by,
-                                splits=spec.splits))
+                                splits=spec.splits, max_test_users=spec.max_test_users))
     return points
 
 

@@ -100,9 +100,11 @@ def segment_data(dataset: Dataset, split: Split, segment: Segment, train_matrix:
                  k: int = 0, negatives_dir: Path | None = None) -> SegmentData:
     users = np.unique(dataset.user[split.test])
     if max_users and len(users) > max_users:
-        # Same seeded sample for every model of the cell (it depends on the split only).
+        # A prefix of one seeded permutation that depends on the split only: every model sampled at
+        # this size gets the same users, and a smaller sample is a subset of a larger one, so the
+        # report can compare a sampled model with every other model on exactly its users.
         rng = np.random.default_rng([split.seed, int(split.fingerprint[:8], 16)])
-        users = np.sort(rng.choice(users, max_users, replace=False))
+        users = np.sort(rng.permutation(users)[:max_users])
     keep = np.isin(dataset.user[split.test], users)
     test_users, test_items = dataset.user[split.test][keep], dataset.item[split.test][keep]
     history = None
@@ -230,7 +232,9 @@ class CellRunner:
             return [base | {"segment": segment.name, "metric": name, "k": k, "value": float("nan"),
                             "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "status": "unsupported"}
                     for name, k in metric_lib.metric_columns(self.metric_names, self.ks)]
-        data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train, ev.max_test_users,
+        limits = [n for n in (ev.max_test_users, mspec.max_test_users) if n]  # a model's own can only shrink it
+        max_users = min(limits) if limits else 0
+        data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train, max_users,
                             protocol=eval_protocols.from_evaluation(ev), k=self.ks[-1],
                             negatives_dir=self.run_dir / "splits")
         k_max = self.ks[-1]

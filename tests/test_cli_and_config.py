@@ -74,6 +74,10 @@ MISTAKES = [
     ("unknown model parameter", GOOD.replace("factors = 8", "factor = 8"), "did you mean 'factors'"),
     ("bad value", GOOD.replace("k = [5, 10]", "k = [0]"), "evaluation.k"),
     ("bad device", GOOD.replace("seeds = [0]", 'seeds = [0]\ndevice = "tpu"'), "device = 'tpu'"),
+    ("negative model sample", GOOD.replace('name = "pop"', 'name = "pop"\nmax_test_users = -5'),
+     "models[0].max_test_users must be >= 0"),
+    ("model sample not an integer", GOOD.replace('name = "pop"', 'name = "pop"\nmax_test_users = "10"'),
+     "max_test_users"),
     ("not toml", GOOD + "\n[[models\n", "not valid TOML"),
     ("no models", GOOD.split("[[models]]")[0], "at least one entry in [[models]]"),
 ]

@@ -54,7 +54,21 @@ def leaderboard_markdown(boards: list[Leaderboard], *, suite: str, run_id: str, 
                 else:
                     text = f"*{cell.text}*"
                 cells.append(text)
-            lines.append(f"| {md_escape(model)} | " + " | ".join(cells) + " |")
+            label = model + (f" ({board.model_note(model)})" if board.model_note(model) else "")
+            lines.append(f"| {md_escape(label)} | " + " | ".join(cells) + " |")
         for note in board.notes:
             lines.append(f"\n_{md_escape(note)}_")
+        same = board.same_users
+        if same is not None:
+            same_keys = [k for k in keys if any(c.key == k for c in same.columns)]
+            lines += ["", f"Same {same.n_users} users, every model:", "",
+                      "| model | " + " | ".join(md_escape(k) for k in same_keys) + " |",
+                      "|---|" + "---:|" * len(same_keys)]
+            for model in same.models:
+                texts = []
+                for key in same_keys:
+                    cell = same.cell(model, key)
+                    texts.append("–" if cell.status != "ok" else f"**{fmt(cell.value)}**" if cell.best
+                                 else fmt(cell.value))
+                lines.append(f"| {md_escape(model)} | " + " | ".join(texts) + " |")
     return "\n".join(lines) + "\n"

@@ -159,6 +159,7 @@ class Cell:
     p_adj: float = float("nan")
     tested: bool = False
     delta: Delta | None = None
+    n: int = 0  # test users scored (per seed): below the board's n for a model run with its own max_test_users
 
     @property
     def text(self) -> str:
@@ -185,6 +186,8 @@ class Leaderboard:
     seeds: list[int]
     notes: list[str] = field(default_factory=list)
     values: dict[str, "ModelValues | None"] = field(default_factory=dict, repr=False)  # per-user, for --compare
+    sampled: dict[str, int] = field(default_factory=dict)  # model -> users scored, for models below n_users
+    same_users: "SameUsers | None" = None  # every model on the sampled models' users
 
     @property
     def title(self) -> str:
@@ -200,6 +203,9 @@ class Leaderboard:
 
     def column(self, key: str) -> Column | None:
         return next((c for c in self.columns if c.key == key), None)
+
+    def model_note(self, model: str) -> str:
+        return f"n = {self.sampled[model]}" if model in self.sampled else ""
 
     def row_status(self, model: str) -> str:
         statuses = {self.cell(model, c.key).status for c in self.columns}
@@ -262,6 +268,8 @@ def _pair_pvalues(a: ModelValues, b: ModelValues) -> dict[str, float]:
 
 
 def _mark_best_and_ties(board: Leaderboard, values: dict[str, ModelValues | None]) -> None:
+    """Best = highest mean among models scored on every test user (a sample's mean is not comparable);
+    every other model, sampled ones included, is tested against it on the users both scored."""
     pair_cache: dict[tuple[str, str], dict[str, float]] = {}
     for column in board.columns:
         ok = [(m, board.cells[(m, column.key)]) for m in board.models
@@ -270,8 +278,9 @@ def _mark_best_and_ties(board: Leaderboard, values: dict[str, ModelValues | None
         if not ok or column.higher_is_better is None:
             continue
         sign = 1.0 if column.higher_is_better else -1.0
-        best_value = max(sign * c.value for _, c in ok)
-        best_models = [m for m, c in ok if sign * c.value == best_value]
+        eligible = [(m, c) for m, c in ok if m not in board.sampled] or ok
+        best_value = max(sign * c.value for _, c in eligible)
+        best_models = [m for m, c in eligible if sign * c.value == best_value]
         for m in best_models:
             board.cells[(m, column.key)].best = True
         if not column.per_user:
@@ -336,7 +345,7 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
                         "failed" if (key.dataset, key.split, model) in failed_splits else "missing")
                     cells[(model, column.key)] = Cell(status)
                     continue
-                cell = Cell("ok", float(okrow["value"].mean()))
+                cell = Cell("ok", float(okrow["value"].mean()), n=int(okrow["n"].max()))
                 if len(okrow) == 1:
                     cell.ci_low, cell.ci_high = float(okrow["ci_low"].iloc[0]), float(okrow["ci_high"].iloc[0])
                 else:  # several seeds: one CI over all (seed, user) values
@@ -353,12 +362,77 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
         board = Leaderboard(key.dataset, key.split, key.protocol, key.segment,
                             str(sub["split_params"].iloc[0]) if len(sub) else "", columns, models, cells,
                             n_users, seeds, values=values)
+        board.sampled = _sampled_models(board)
         _mark_best_and_ties(board, values)
+        if board.sampled:
+            board.same_users = same_users_table(board)
+            names = ", ".join(f"{m} ({n})" for m, n in board.sampled.items())
+            board.notes.append(
+                f"Scored on a seeded sample of the {n_users} test users (the model's own max_test_users): {names}. "
+                f"They are not eligible for best; ≈ and the tests against the best pair the users both scored"
+                + (f"; the table below compares every model on those {board.same_users.n_users} users."
+                   if board.same_users is not None else "."))
         undirected = [c.metric for c in columns if c.higher_is_better is None]
         if undirected:
             board.notes.append("no best marked for unregistered metrics: " + ", ".join(sorted(set(undirected))))
         boards.append(board)
     return boards
+
+
+def _sampled_models(board: Leaderboard) -> dict[str, int]:
+    """Models scored on fewer test users than the board's largest count (their own max_test_users)."""
+    out = {}
+    for model in board.models:
+        counts = [c.n for key, c in board.cells.items() if key[0] == model and c.status == "ok" and c.n]
+        if counts and max(counts) < board.n_users:
+            out[model] = max(counts)
+    return out
+
+
+@dataclass
+class SameUsers:
+    """Every model's mean on the users the sampled models were scored on: the like-for-like comparison."""
+
+    n_users: int
+    models: list[str]
+    columns: list[Column]
+    cells: dict[tuple[str, str], Cell]
+
+    def cell(self, model: str, column: str) -> Cell:
+        return self.cells.get((model, column), Cell("missing"))
+
+
+def same_users_table(board: Leaderboard) -> SameUsers | None:
+    """Means over the (seed, user) keys every sampled model scored (nested samples: the smallest one)."""
+    keys = None
+    for model in board.sampled:
+        mv = board.values.get(model)
+        if mv is not None:
+            keys = mv.keys if keys is None else np.intersect1d(keys, mv.keys)
+    if keys is None or keys.size == 0:
+        return None
+    columns = [c for c in board.columns if c.per_user]
+    cells: dict[tuple[str, str], Cell] = {}
+    models = []
+    for model in board.models:
+        mv = board.values.get(model)
+        if mv is None or not np.isin(keys, mv.keys).all():
+            continue  # not scored on all of these users (failed, not served, or another sample)
+        models.append(model)
+        order = np.argsort(mv.keys)
+        rows = order[np.searchsorted(mv.keys[order], keys)]
+        for column in columns:
+            col = mv.column(column.key)
+            if col is not None and np.isfinite(col[rows]).all():
+                cells[(model, column.key)] = Cell("ok", float(col[rows].mean()), n=int(keys.size))
+    for column in columns:
+        ok = [(m, cells[(m, column.key)]) for m in models if (m, column.key) in cells]
+        if ok and column.higher_is_better is not None:
+            sign = 1.0 if column.higher_is_better else -1.0
+            top = max(sign * c.value for _, c in ok)
+            for _, c in ok:
+                c.best = sign * c.value == top
+    return SameUsers(int(keys.size), models, columns, cells) if len(models) > 1 else None
 
 
 def split_rank(run: RunData, split: str) -> int:
