@@ -130,3 +130,22 @@ def test_a_model_can_be_limited_to_some_split_kinds(tmp_path):
     with pytest.raises(ConfigError, match="models\\[1\\].splits names 'temporal'"):
         load_suite(str(write(tmp_path, two_splits.replace('name = "als"', 'name = "als"\nsplits = ["temporal"]'),
                              "bad.toml")))
+
+
+def test_every_built_in_suite_loads_and_plans_cells():
+    """A shipped suite file that no longer parses (renamed key, removed model) fails here, not in a user's run."""
+    from bench.config import builtin_suites, load_suite
+    from bench.reproduce import is_reproduce_file, load_reproduce
+    from bench.runner import plan_cells
+
+    names = list(builtin_suites())
+    assert {"smoke", "coldstart", "llm", "accuracy", "realtime", "reproduce"} <= set(names)
+    for name in names:
+        if is_reproduce_file(name):  # [[experiments]], each holding a complete suite
+            assert all(plan_cells(e.suite) for e in load_reproduce(name).experiments), name
+        else:
+            assert plan_cells(load_suite(name)), name
+    coldstart = {m.label: m for m in load_suite("coldstart").models}
+    # the language-model recommenders join coldstart; the two slow LMs on a shared 50-user sample
+    assert {"text-embed", "text-twotower", "llm-rerank", "llm-generate"} <= set(coldstart)
+    assert coldstart["llm-rerank"].max_test_users == coldstart["llm-generate"].max_test_users == 50
