@@ -592,7 +592,8 @@ def _accuracy_check(rule: AccuracyRule, where: str, segment: str, model: str, me
     if metric in base.per_user and metric in cur.per_user:
         if base.users is None or cur.users is None or not np.array_equal(base.users, cur.users):
             problems.append(f"{where} {segment} {model}: the test users differ between baseline and current run "
-                            f"although the split fingerprint matches (was evaluation.max_test_users changed?); "
+                            f"although the split fingerprint matches (was evaluation.max_test_users or the "
+                            f"model's own max_test_users changed?); "
                             f"a paired comparison needs the same users")
             return check
         cur_values, base_values = cur.per_user[metric], base.per_user[metric]

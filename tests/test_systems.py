@@ -154,6 +154,17 @@ def test_measure_serving_names_and_counts():
     assert details["users"] == 20 and details["device"] == "cpu"
 
 
+def test_batches_not_smaller_than_the_segment_are_measured_once():
+    """With 20 users, batch 256 and batch 'all' are the same single call: one measurement, both names."""
+    rec = Recorder()
+    spec = systems.SystemsSpec(warmup=0, latency_requests=0, batch_sizes=[8, 256, 0, 20])
+    figures, _ = systems.measure_serving(rec, requests(20), spec)
+    assert rec.batches == [8, 8, 4, 20]  # batch 8 in three calls, then one call of all 20 users
+    assert figures["throughput_users_per_s@batch=256"] == figures["throughput_users_per_s@batch=all"] \
+        == figures["throughput_users_per_s@batch=20"]
+    assert figures["throughput_users_per_s@batch=all"][1] == 20
+
+
 def test_machine_mismatch():
     a = {"machine": {"cpu": "Xeon", "cpu_count": 2, "memory_gib": 24.0, "gpu": None}, "device": "cpu"}
     assert systems.machine_mismatch(a, a) is None
