@@ -132,6 +132,8 @@ def summary_table(frame: pd.DataFrame) -> str:
     table = wanted.pivot_table(index=["dataset", "split", "protocol", "segment", "model"], columns="metric",
                                values="value", aggfunc="mean")
     table.columns = [f"{c}@{k}" for c in table.columns]
+    # users scored: a model with its own max_test_users shows its sample size here
+    table["users"] = wanted.groupby(["dataset", "split", "protocol", "segment", "model"])["n"].max()
     fit = ok[ok["metric"] == "fit_seconds"].groupby(["dataset", "split", "model"])["value"].mean()
     table["fit_s"] = [fit.get((d, s, m), float("nan")) for d, s, _protocol, _seg, m in table.index]
     unsupported = frame[frame["status"] == "unsupported"][["dataset", "split", "segment", "model"]].drop_duplicates()

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main
+from bench.cli import main, summary_table
 from bench.report import load_run, tables
 
 SUITE = """
@@ -91,6 +91,11 @@ def test_models_sampled_at_one_size_share_users_and_smaller_samples_nest(run_dir
     frame = pd.read_csv(run_dir / "results.csv")
     ndcg = frame[(frame["metric"] == "ndcg") & (frame["k"] == 10)].set_index("model")["n"]
     assert ndcg.to_dict() == {"pop": len(everyone), "itemknn": 40, "ease": 40, "als-tiny-sample": 12}
+    header, _index_names, *lines = summary_table(frame).splitlines()
+    columns = header.split()  # ndcg@10, recall@10, users, fit_s
+    summary = {tokens[-len(columns) - 1]: dict(zip(columns, tokens[-len(columns):]))
+               for tokens in map(str.split, lines)}
+    assert summary["ease"]["users"] == "40" and summary["pop"]["users"] == str(len(everyone))
 
 
 def test_report_never_crowns_a_sample_and_compares_on_the_same_users(run_dir: Path) -> None:
