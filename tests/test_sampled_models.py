@@ -123,6 +123,7 @@ def test_report_never_crowns_a_sample_and_compares_on_the_same_users(run_dir: Pa
     assert "Same 12 users, every model" in html and "n = 40" in html and "not eligible for best" in html
     markdown = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "| ease (n = 40) |" in markdown and "Same 12 users, every model:" in markdown
+    assert "*not served*" not in markdown.split("Same 12 users")[1]  # every listed model scored them all
 
 
 def test_a_model_sample_only_shrinks_the_suites_own(tmp_path: Path) -> None:

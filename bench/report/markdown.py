@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 
-from bench.report.tables import ALPHA, SIGNIFICANCE_METHOD, Leaderboard, fmt
+from bench.report.tables import ALPHA, SIGNIFICANCE_METHOD, Cell, Leaderboard, fmt
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
@@ -38,37 +38,34 @@ def leaderboard_markdown(boards: list[Leaderboard], *, suite: str, run_id: str, 
                      f"(p_adj < {ALPHA}) improvement/regression.")
     for board in boards:
         keys = summary_columns(board, headline_k)
-        lines += ["", f"### {md_escape(board.title)}", "",
-                  "| model | " + " | ".join(md_escape(k) for k in keys) + " |",
-                  "|---|" + "---:|" * len(keys)]
-        for model in board.models:
-            cells = []
-            for key in keys:
-                cell = board.cell(model, key)
-                if cell.status == "ok":
-                    text = fmt(cell.value)
-                    text = f"**{text}**" if cell.best else text + (" †" if cell.tied else "")
-                    if cell.delta is not None:
-                        mark = "" if not cell.delta.significant else (" ▲" if cell.delta.better else " ▼")
-                        text += f" ({cell.delta.value:+.3g}{mark})"
-                else:
-                    text = f"*{cell.text}*"
-                cells.append(text)
-            label = model + (f" ({board.model_note(model)})" if board.model_note(model) else "")
-            lines.append(f"| {md_escape(label)} | " + " | ".join(cells) + " |")
+        lines += ["", f"### {md_escape(board.title)}", ""]
+        lines += _table(keys, [(model + (f" ({board.model_note(model)})" if board.model_note(model) else ""),
+                                [_leaderboard_cell(board.cell(model, key)) for key in keys])
+                               for model in board.models])
         for note in board.notes:
             lines.append(f"\n_{md_escape(note)}_")
         same = board.same_users
         if same is not None:
             same_keys = [k for k in keys if any(c.key == k for c in same.columns)]
-            lines += ["", f"Same {same.n_users} users, every model:", "",
-                      "| model | " + " | ".join(md_escape(k) for k in same_keys) + " |",
-                      "|---|" + "---:|" * len(same_keys)]
-            for model in same.models:
-                texts = []
-                for key in same_keys:
-                    cell = same.cell(model, key)
-                    texts.append("–" if cell.status != "ok" else f"**{fmt(cell.value)}**" if cell.best
-                                 else fmt(cell.value))
-                lines.append(f"| {md_escape(model)} | " + " | ".join(texts) + " |")
+            lines += ["", f"Same {same.n_users} users, every model:", ""]
+            lines += _table(same_keys, [(model, [_leaderboard_cell(same.cell(model, key)) for key in same_keys])
+                                        for model in same.models])
     return "\n".join(lines) + "\n"
+
+
+def _table(keys: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
+    """A Markdown table: model label, then one already-formatted cell per key."""
+    out = ["| model | " + " | ".join(md_escape(k) for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+    return out + [f"| {md_escape(label)} | " + " | ".join(cells) + " |" for label, cells in rows]
+
+
+def _leaderboard_cell(cell: Cell) -> str:
+    """**best**, † = tied with the best, (delta ▲/▼) against a compared run, *status* when not scored."""
+    if cell.status != "ok":
+        return f"*{cell.text}*"
+    text = fmt(cell.value)
+    text = f"**{text}**" if cell.best else text + (" †" if cell.tied else "")
+    if cell.delta is not None:
+        mark = "" if not cell.delta.significant else (" ▲" if cell.delta.better else " ▼")
+        text += f" ({cell.delta.value:+.3g}{mark})"
+    return text
