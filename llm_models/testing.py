@@ -41,11 +41,9 @@ def tiny_causal_lm(seed: int = 0) -> str:
 
 def _build(seed: int) -> str:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from llm_models import runtime
-
-    from transformers import AutoTokenizer
 
     location, gguf_file = runtime.resolve_checkpoint(runtime.DEFAULT_LM, "tiny-random")
     tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)  # the tokenizer only, not the weights

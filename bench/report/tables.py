@@ -267,6 +267,13 @@ def _pair_pvalues(a: ModelValues, b: ModelValues) -> dict[str, float]:
     return dict(zip(shared, paired_ttest_pvalues(pa, pb).tolist()))
 
 
+def _best(scored: list[tuple[str, Cell]], higher_is_better: bool) -> list[str]:
+    """The models whose value is the column's best (several on an exact tie)."""
+    sign = 1.0 if higher_is_better else -1.0
+    top = max(sign * c.value for _, c in scored)
+    return [m for m, c in scored if sign * c.value == top]
+
+
 def _mark_best_and_ties(board: Leaderboard, values: dict[str, ModelValues | None]) -> None:
     """Best = highest mean among models scored on every test user (a sample's mean is not comparable);
     every other model, sampled ones included, is tested against it on the users both scored."""
@@ -277,10 +284,8 @@ def _mark_best_and_ties(board: Leaderboard, values: dict[str, ModelValues | None
               and math.isfinite(board.cells[(m, column.key)].value)]
         if not ok or column.higher_is_better is None:
             continue
-        sign = 1.0 if column.higher_is_better else -1.0
         eligible = [(m, c) for m, c in ok if m not in board.sampled] or ok
-        best_value = max(sign * c.value for _, c in eligible)
-        best_models = [m for m, c in eligible if sign * c.value == best_value]
+        best_models = _best(eligible, column.higher_is_better)
         for m in best_models:
             board.cells[(m, column.key)].best = True
         if not column.per_user:
@@ -416,11 +421,12 @@ def same_users_table(board: Leaderboard) -> SameUsers | None:
     models = []
     for model in board.models:
         mv = board.values.get(model)
-        if mv is None or not np.isin(keys, mv.keys).all():
+        if mv is None:
+            continue
+        _, _, rows = np.intersect1d(keys, mv.keys, assume_unique=True, return_indices=True)
+        if rows.size < keys.size:
             continue  # not scored on all of these users (failed, not served, or another sample)
         models.append(model)
-        order = np.argsort(mv.keys)
-        rows = order[np.searchsorted(mv.keys[order], keys)]
         for column in columns:
             col = mv.column(column.key)
             if col is not None and np.isfinite(col[rows]).all():
@@ -428,10 +434,8 @@ def same_users_table(board: Leaderboard) -> SameUsers | None:
     for column in columns:
         ok = [(m, cells[(m, column.key)]) for m in models if (m, column.key) in cells]
         if ok and column.higher_is_better is not None:
-            sign = 1.0 if column.higher_is_better else -1.0
-            top = max(sign * c.value for _, c in ok)
-            for _, c in ok:
-                c.best = sign * c.value == top
+            for m in _best(ok, column.higher_is_better):
+                cells[(m, column.key)].best = True
     return SameUsers(int(keys.size), models, columns, cells) if len(models) > 1 else None
 
 
