@@ -29,84 +29,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bench import grid, registry
+import itertools
+
+from bench import metrics as metric_lib
+from bench import registry
 from bench.errors import ConfigError
-from bench.execution import ExecutionSpec
 from bench.protocol import Capabilities
-from bench.realtime import RealtimeSpec, parse_realtime
 from bench.registry import suggest
 from bench.schema import check_keys as _check_keys
-from bench.systems import SystemsSpec, parse_systems
-
-
-@dataclass
-class DatasetSpec:
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-    implicit: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class SplitSpec:
-    kind: str
-    params: dict[str, Any] = field(default_factory=dict)
-    datasets: list[str] | None = None  # restrict to these datasets; None = all
-
-    @property
-    def label(self) -> str:
-        return self.kind
-
-
-@dataclass
-class ModelSpec:
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-    label: str = ""
-    grid_of: str = ""  # set on grid points: the label of the grid they came from (bench.grid)
-    select_by: str = ""  # grid points: validation metric that picks the winner, e.g. "ndcg@10"
-    splits: list[str] | None = None  # run only on splits of these kinds; None = every split
-    # score this model on a seeded sample of at most this many test users per segment (None or 0 = the
-    # suite's evaluation.max_test_users, which it can only shrink). Samples are prefixes of one seeded
-    # permutation: every model sampled at this size sees the same users, a subset of any larger sample.
-    max_test_users: int | None = None
-
-    def __post_init__(self) -> None:
-        self.label = self.label or self.name
-
-
-@dataclass
-class EvaluationSpec:
-    k: list[int] = field(default_factory=lambda: [5, 10, 20])
-    metrics: list[str] = field(default_factory=list)  # empty = every registered default
-    exclude_train: bool = True
-    bootstrap: int = 1000
-    batch_size: int = 0  # users per recommend() call; 0 = all at once
-    max_test_users: int = 0  # 0 = all; else a seeded sample, identical for every model
-    # "full" ranking, or "uniN" / "popN" sampled negatives (bench.protocols); part of every cell's identity
-    protocol: str = "full"
-    negatives_per: str = "test_item"  # sampled protocols: N per "test_item" (RecBole) or per "user" (Elliot)
-    # [evaluation.systems] / [evaluation.realtime]: latency, throughput, memory; freshness replay
-    systems: SystemsSpec = field(default_factory=SystemsSpec)
-    realtime: RealtimeSpec = field(default_factory=RealtimeSpec)
-
-
-@dataclass
-class SuiteConfig:
-    name: str
-    description: str = ""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    device: str = "cpu"
-    datasets: list[DatasetSpec] = field(default_factory=list)
-    splits: list[SplitSpec] = field(default_factory=list)
-    models: list[ModelSpec] = field(default_factory=list)
-    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
-    execution: ExecutionSpec = field(default_factory=ExecutionSpec)
-    source: str = ""  # where the config came from (file path or "builtin:NAME")
-
-    def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
+from bench.specs import (DEFAULT_SELECT_BY, DatasetSpec, EvaluationSpec, ExecutionSpec, ModelSpec,  # noqa: F401
+                         SplitSpec, SuiteConfig, parse_realtime, parse_systems)
 
 
 # -- schema ------------------------------------------------------------------
@@ -145,7 +77,6 @@ def _known(kind_registry: registry.Registry, name: str, where: str, source: str)
 
 def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
     """Validate a suite table and build the typed config."""
-    from bench import metrics as _metrics  # noqa: F401  (registers builtin metrics)
     from bench.splits import SPLITS
 
     _check_keys(raw, _TOP, "", source)
@@ -204,7 +135,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
         if base.max_test_users is not None and base.max_test_users < 0:
             raise ConfigError(f"{source}: models[{i}].max_test_users must be >= 0 (0 = every test user), "
                               f"got {base.max_test_users}")
-        for spec in grid.expand(base, table, f"models[{i}]", source):  # one spec per grid point
+        for spec in expand_grid(base, table, f"models[{i}]", source):  # one spec per grid point
             if spec.label in labels:
                 raise ConfigError(f"{source}: two models share the label '{spec.label}'; give one a distinct 'label'")
             labels.add(spec.label)
@@ -283,7 +214,7 @@ def _check_metrics_and_protocol(evaluation: EvaluationSpec, source: str) -> None
     """Metric entries (``"map@10[denominator=test]"``) and the protocol (``"uni100"``) are checked before anything
     runs; a sampled protocol bounds the usable k by its number of negatives."""
     from bench.metrics import parse_metric_entry
-    from bench.protocols import parse_protocol
+    from bench.protocols import parse_protocol  # draws negatives too: imported only when a suite is checked
 
     k_max = max(evaluation.k)
     for entry in evaluation.metrics:
@@ -315,6 +246,44 @@ def _check_model_params(spec: ModelSpec, where: str, source: str) -> None:
         bad = unknown[0]
         raise ConfigError(f"{source}: {where} has unknown parameter '{bad}' for model '{spec.name}'; "
                           f"{suggest(bad, list(defaults))}valid: {', '.join(sorted(defaults)) or '(none)'}")
+
+
+# -- grids: one model per point (bench.grid runs and selects them) ----------------
+
+def parse_select_by(text: str, where: str, source: str) -> tuple[str, int]:
+    """``"ndcg@10"`` -> ("ndcg", 10), with a clear error otherwise."""
+    name, _, k = text.partition("@")
+    if name not in registry.metrics or not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"{source}: {where}.select_by = '{text}' must be METRIC@K with a registered per-user "
+                          f"metric, e.g. 'ndcg@10'; metrics: {', '.join(registry.metrics.names())}")
+    metric = metric_lib.get_metric(name)
+    if not metric.per_user:
+        raise ConfigError(f"{source}: {where}.select_by = '{text}': '{name}' is not a per-user metric")
+    return name, int(k)
+
+
+def expand_grid(spec: ModelSpec, table: dict[str, Any], where: str, source: str) -> list[ModelSpec]:
+    """One :class:`ModelSpec` per grid point (or ``[spec]`` when the table has no grid)."""
+    grid = table.get("grid")
+    if not grid:
+        if "select_by" in table and not spec.grid_of:
+            raise ConfigError(f"{source}: {where}.select_by needs a {where}.grid to select from")
+        return [spec]
+    select_by = table.get("select_by", DEFAULT_SELECT_BY)
+    parse_select_by(select_by, where, source)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: {where}.grid.{key} must be a non-empty list of values, got {values!r}")
+        if key in spec.params:
+            raise ConfigError(f"{source}: '{key}' is both in {where}.params and {where}.grid; keep it in one")
+    keys = sorted(grid)
+    points = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        label = f"{spec.label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
+        points.append(ModelSpec(spec.name, spec.params | point, label, grid_of=spec.label, select_by=select_by,
+                                splits=spec.splits, max_test_users=spec.max_test_users))
+    return points
 
 
 # -- loading -----------------------------------------------------------------

@@ -27,35 +27,26 @@ import resource
 import signal
 import sys
 import traceback
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from bench import registry
-from bench.errors import ConfigError
+from bench.rundir import RunDir
+from bench.specs import ISOLATION_MODES, ExecutionSpec, ModelSpec  # noqa: F401  (ExecutionSpec re-exported)
 
-if TYPE_CHECKING:
-    from bench.config import ModelSpec
-    from bench.runner import CellRunner
-
-ISOLATION_MODES = ("process", "none")
+CellResult = tuple[list[dict[str, Any]], dict[str, Any]]
 
 
-@dataclass
-class ExecutionSpec:
-    """How cells run; not part of a cell's identity (changing it keeps finished cells)."""
+class CellRunner(Protocol):
+    """What an executor needs of a cell (``bench.runner.CellRunner``): run it, or record why it failed.
 
-    isolation: str = "process"  # "process": forked child per cell; "none": in this process (debugging)
-    timeout: float = 0.0  # seconds per cell; 0 = no limit (needs isolation = "process")
-    memory_limit_gb: float = 0.0  # address space a cell may add to what it inherits; 0 = none (needs "process")
+    A protocol rather than an import, so the executor does not depend on the runner that calls it.
+    """
 
-    def validate(self, source: str) -> None:
-        if self.isolation not in ISOLATION_MODES:
-            raise ConfigError(f"{source}: execution.isolation = '{self.isolation}' is not valid; "
-                              f"use one of {', '.join(ISOLATION_MODES)}")
-        if self.timeout < 0 or self.memory_limit_gb < 0:
-            raise ConfigError(f"{source}: execution.timeout and memory_limit_gb must be >= 0")
-        if self.isolation == "none" and (self.timeout or self.memory_limit_gb):
-            raise ConfigError(f"{source}: execution.timeout / memory_limit_gb need isolation = \"process\"")
+    rundir: RunDir
+
+    def run(self, mspec: ModelSpec, cid: str) -> CellResult: ...
+
+    def record_failure(self, mspec: ModelSpec, cid: str, error: str, trace: str) -> CellResult: ...
 
 
 def _die_with_parent() -> None:
@@ -80,7 +71,7 @@ def _address_space_bytes() -> int:
     return 0
 
 
-def _child_main(payload: bytes | None, runner: "CellRunner | None", sys_path: list[str],
+def _child_main(payload: bytes | None, runner: CellRunner | None, sys_path: list[str],
                 memory_limit_gb: float) -> None:
     """Entry point of the cell's process: unpack the cell (forkserver) or use it (fork), run it, exit."""
     code = 1
@@ -123,7 +114,7 @@ def preload_for(model_classes: list[type]) -> None:
     _extra_preload[:] = [m for m in dict.fromkeys(wanted) if m not in _PRELOAD]
 
 
-def _start_child(runner: "CellRunner", mspec: "ModelSpec", cid: str, memory_limit_gb: float):
+def _start_child(runner: CellRunner, mspec: ModelSpec, cid: str, memory_limit_gb: float):
     """Start the cell's process: from the forkserver when the cell pickles, else a plain fork."""
     registered = dict(registry.models._objects)
     try:
@@ -153,7 +144,7 @@ def _describe_exit(exitcode: int | None, memory_limit_gb: float) -> str:
     return f"the cell's process exited with code {exitcode} before recording a result{limit}"
 
 
-def _start_uninterrupted(runner: "CellRunner", mspec: "ModelSpec", cid: str, memory_limit_gb: float):
+def _start_uninterrupted(runner: CellRunner, mspec: ModelSpec, cid: str, memory_limit_gb: float):
     """Start the cell's process with Ctrl-C held back until the start is complete.
 
     A Ctrl-C while the cell is being sent to its process would leave that process
@@ -177,14 +168,12 @@ def _start_uninterrupted(runner: "CellRunner", mspec: "ModelSpec", cid: str, mem
     return child
 
 
-def execute_cell(runner: "CellRunner", mspec: "ModelSpec", cid: str,
-                 spec: ExecutionSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def execute_cell(runner: CellRunner, mspec: ModelSpec, cid: str,
+                 spec: ExecutionSpec) -> CellResult:
     """Run the cell as ``spec`` says and return its rows and cell info."""
     if spec.isolation == "none":
         return runner.run(mspec, cid)
-    done_file = runner.cell_dir(cid) / "cell.json"
-    if done_file.exists():
-        done_file.unlink()  # a forced re-run: the child's fresh file is the only truth
+    runner.rundir.discard_cell(cid)  # a forced re-run: the child's fresh cell.json is the only truth
     child = _start_uninterrupted(runner, mspec, cid, spec.memory_limit_gb)
     try:
         child.join(spec.timeout or None)
@@ -197,7 +186,8 @@ def execute_cell(runner: "CellRunner", mspec: "ModelSpec", cid: str,
         child.join()
         return runner.record_failure(mspec, cid, f"TimeoutError: cell exceeded its {spec.timeout:g} s limit "
                                                   f"(execution.timeout); it was stopped", "")
-    if done_file.exists():
-        return runner.load_done(cid)
+    done = runner.rundir.read_cell(cid)
+    if done is not None:
+        return done["rows"], done
     return runner.record_failure(mspec, cid, f"CellCrashed: {_describe_exit(child.exitcode, spec.memory_limit_gb)}",
                                  "")

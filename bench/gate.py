@@ -36,6 +36,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.registry import suggest
+from bench.rundir import RunDir, atomic_write_bytes, atomic_write_json, dumps, runs_under
 
 BASELINE_SCHEMA = "bench-gate-baseline"
 BASELINE_VERSION = 1
@@ -301,7 +302,8 @@ def snapshot_from_run(run_dir: Path, metrics: Iterable[str]) -> Snapshot:
     from bench.results import load_results
 
     run_dir = Path(run_dir)
-    if not (run_dir / "results.json").is_file():
+    folder = RunDir(run_dir)
+    if not folder.has_results():
         raise GateError(f"--current {run_dir}: no results.json there; pass the run folder `bench run` printed "
                         f"(reports/runs/<run-id>)")
     frame, provenance = load_results(run_dir)
@@ -319,7 +321,7 @@ def snapshot_from_run(run_dir: Path, metrics: Iterable[str]) -> Snapshot:
         key: CellKey = (*group, row.model)
         cell = cells.setdefault(key, CellState(row.model_name, row.params, "ok", segments={}, systems={}))
         if row.status == "failed":
-            cell.status, cell.error = "failed", _cell_error(run_dir, row.cell_id)
+            cell.status, cell.error = "failed", _cell_error(folder, row.cell_id)
             continue
         if row.k == 0:
             cell.systems.setdefault(row.segment, {})[row.metric] = float(row.value)
@@ -328,7 +330,7 @@ def snapshot_from_run(run_dir: Path, metrics: Iterable[str]) -> Snapshot:
         if segment is None:
             segment = cell.segments[row.segment] = SegmentValues(row.status)
             if row.status == "ok":
-                _read_per_user(run_dir, row.cell_id, row.segment, wanted, segment)
+                _read_per_user(folder, row.cell_id, row.segment, wanted, segment)
         column = f"{row.metric}@{row.k}"
         if row.status == "ok" and column in wanted:
             segment.means[column] = float(row.value)
@@ -337,27 +339,23 @@ def snapshot_from_run(run_dir: Path, metrics: Iterable[str]) -> Snapshot:
     return Snapshot(suite, str(frame["run_id"].iloc[0]), provenance, fingerprints, cells, found, str(run_dir))
 
 
-def _cell_error(run_dir: Path, cell_id: str) -> str:
+def _cell_error(folder: RunDir, cell_id: str) -> str:
     try:
-        info = json.loads((run_dir / "cells" / cell_id / "cell.json").read_text(encoding="utf-8"))
-        return str(info.get("error", "failed"))
+        info = folder.read_cell(cell_id)
     except (OSError, ValueError):
         return "failed"
+    return "failed" if info is None else str(info.get("error", "failed"))
 
 
-def _read_per_user(run_dir: Path, cell_id: str, segment: str, wanted: list[str], into: SegmentValues) -> None:
-    path = run_dir / "cells" / cell_id / f"per_user-{segment}.npz"
-    if not path.is_file():
+def _read_per_user(folder: RunDir, cell_id: str, segment: str, wanted: list[str], into: SegmentValues) -> None:
+    stored = folder.read_per_user(cell_id, segment)
+    if stored is None:
         return
-    with np.load(path, allow_pickle=False) as data:
-        columns = [str(c) for c in data["columns"]]
-        into.users = np.asarray(data["users"])
-        values = np.asarray(data["values"], dtype=np.float64)
+    into.users = stored.users
     for name in wanted:
-        if name in columns:
-            column = values[:, columns.index(name)]
-            if np.isfinite(column).all():  # aggregate-only metrics are NaN per user: keep only their mean
-                into.per_user[name] = column
+        column = stored.column(name)
+        if column is not None and np.isfinite(column).all():  # aggregate-only metrics are NaN per user: mean only
+            into.per_user[name] = column
 
 
 # -- baseline files --------------------------------------------------------------
@@ -395,8 +393,6 @@ def baseline_payload(snapshot: Snapshot, rules: Rules, config: dict[str, Any] | 
 
 def _compact_json(payload: dict[str, Any]) -> str:
     """Indented JSON with number lists on one line: readable diffs, a file of reasonable size."""
-    from bench.results import dumps
-
     number = r"-?[0-9][0-9.eE+-]*"
     return re.sub(rf"\[\s*({number}(?:,\s*{number})*)\s*\]",
                   lambda m: "[" + ", ".join(part.strip() for part in m.group(1).split(",")) + "]", dumps(payload))
@@ -404,16 +400,13 @@ def _compact_json(payload: dict[str, Any]) -> str:
 
 def write_baseline(run_dir: Path, path: Path, rules: Rules) -> dict[str, Any]:
     """Write ``path`` from ``run_dir`` (``bench gate --update-baseline``); returns the payload."""
-    from bench.results import atomic_write_bytes
-
     needed = set(rules.accuracy_metrics)
     snapshot = snapshot_from_run(run_dir, needed)
     missing = sorted(needed - snapshot.metrics)
     if missing:
         raise GateError(f"{run_dir} has no values for {', '.join(missing)} (named by {rules.source}); "
                         f"run a suite that scores them or change the rules")
-    config_path = Path(run_dir) / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = RunDir(run_dir).read_config() or {}
     payload = baseline_payload(snapshot, rules, config)
     atomic_write_bytes(Path(path), (_compact_json(payload) + "\n").encode("utf-8"))
     Path(path).chmod(0o644)  # a file to commit and share, not a private temporary
@@ -808,9 +801,9 @@ def run_gate(baseline_path: Path, run_dir: Path, rules: Rules) -> GateResult:
 def resolve_run_dir(path: Path) -> Path:
     """A run folder, or a folder holding exactly one (what `bench run --out DIR` leaves in a fresh DIR)."""
     path = Path(path)
-    if (path / "results.json").is_file():
+    if RunDir(path).has_results():
         return path
-    runs = sorted(p for p in path.iterdir() if (p / "results.json").is_file()) if path.is_dir() else []
+    runs = [run.path for run in runs_under(path)]
     if len(runs) == 1:
         return runs[0]
     if not runs:
@@ -822,10 +815,10 @@ def resolve_run_dir(path: Path) -> Path:
 
 def suite_of_run(run_dir: Path) -> str:
     """The suite name of a run folder (for the default baseline path)."""
-    config = Path(run_dir) / "config.json"
-    if not config.is_file():
+    config = RunDir(run_dir).read_config()
+    if config is None:
         raise GateError(f"--current {run_dir}: no config.json there; pass the run folder `bench run` printed")
-    return str(json.loads(config.read_text(encoding="utf-8"))["name"])
+    return str(config["name"])
 
 
 # -- output ----------------------------------------------------------------------
@@ -930,7 +923,5 @@ def error_payload(message: str, baseline: Path | None, run_dir: Path | None) -> 
 
 
 def write_outputs(payload: dict[str, Any], markdown: str, json_path: Path, markdown_path: Path) -> None:
-    from bench.results import atomic_write_bytes, atomic_write_json
-
     atomic_write_json(json_path, payload)
     atomic_write_bytes(markdown_path, markdown.encode("utf-8"))

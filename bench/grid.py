@@ -27,63 +27,21 @@ cold-start splits select on warm validation).
 
 from __future__ import annotations
 
-import itertools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench import metrics as metric_lib
 from bench import registry
+from bench.data.dataset import train_data
 from bench.errors import ConfigError
+from bench.specs import DEFAULT_SELECT_BY, ModelSpec  # noqa: F401  (DEFAULT_SELECT_BY re-exported)
 
 if TYPE_CHECKING:
-    from bench.config import ModelSpec
     from bench.data import Dataset
-    from bench.runner import CellRunner
     from bench.splits import Split
 
-DEFAULT_SELECT_BY = "ndcg@10"
 VALID_FRACTION = 0.1
-
-
-# -- config: expanding a grid -----------------------------------------------------
-
-def parse_select_by(text: str, where: str, source: str) -> tuple[str, int]:
-    """``"ndcg@10"`` -> ("ndcg", 10), with a clear error otherwise."""
-    name, _, k = text.partition("@")
-    if name not in registry.metrics or not k.isdigit() or int(k) < 1:
-        raise ConfigError(f"{source}: {where}.select_by = '{text}' must be METRIC@K with a registered per-user "
-                          f"metric, e.g. 'ndcg@10'; metrics: {', '.join(registry.metrics.names())}")
-    metric = metric_lib.get_metric(name)
-    if not metric.per_user:
-        raise ConfigError(f"{source}: {where}.select_by = '{text}': '{name}' is not a per-user metric")
-    return name, int(k)
-
-
-def expand(spec: ModelSpec, table: dict[str, Any], where: str, source: str) -> list[ModelSpec]:
-    """One :class:`ModelSpec` per grid point (or ``[spec]`` when the table has no grid)."""
-    from bench.config import ModelSpec
-
-    grid = table.get("grid")
-    if not grid:
-        if "select_by" in table and not spec.grid_of:
-            raise ConfigError(f"{source}: {where}.select_by needs a {where}.grid to select from")
-        return [spec]
-    select_by = table.get("select_by", DEFAULT_SELECT_BY)
-    parse_select_by(select_by, where, source)
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{source}: {where}.grid.{key} must be a non-empty list of values, got {values!r}")
-        if key in spec.params:
-            raise ConfigError(f"{source}: '{key}' is both in {where}.params and {where}.grid; keep it in one")
-    keys = sorted(grid)
-    points = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        point = dict(zip(keys, values))
-        label = f"{spec.label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
-        points.append(ModelSpec(spec.name, spec.params | point, label, grid_of=spec.label, select_by=select_by,
-                                splits=spec.splits, max_test_users=spec.max_test_users))
-    return points
 
 
 # -- the runner: validation carve and scoring ----------------------------------------
@@ -132,20 +90,18 @@ def _rank_within_user(users: np.ndarray, key: np.ndarray) -> np.ndarray:
     return rank
 
 
-def validation_rows(runner: CellRunner, mspec: ModelSpec, base: dict[str, Any]) -> list[dict[str, Any]]:
+def validation_rows(dataset: Dataset, split: Split, seed: int, device: str, mspec: ModelSpec,
+                    base: dict[str, Any]) -> list[dict[str, Any]]:
     """Fit a fresh model on train minus the carve and score ``select_by`` on the carve."""
     if not mspec.grid_of:
         return []
-    from bench.runner import train_data
-
-    name, k = parse_select_by(mspec.select_by or DEFAULT_SELECT_BY, "model", "grid")
-    dataset = runner.dataset
-    fit_rows, valid_rows = validation_carve(dataset, runner.split, runner.seed)
+    name, k = mspec.select_metric()
+    fit_rows, valid_rows = validation_carve(dataset, split, seed)
     if valid_rows.size == 0:
         raise ConfigError(f"grid selection for '{mspec.label}': the validation carve of split "
-                          f"'{runner.split.kind}' is empty; the split leaves too little training data")
+                          f"'{split.kind}' is empty; the split leaves too little training data")
     fit_data = train_data(dataset, fit_rows)
-    model = registry.models.get(mspec.name)(seed=runner.seed, device=runner.config.device, **mspec.params)
+    model = registry.models.get(mspec.name)(seed=seed, device=device, **mspec.params)
     model.fit(fit_data)
     users = np.unique(dataset.user[valid_rows])
     exclude = fit_data.matrix[users]
@@ -174,15 +130,14 @@ def selection_rows(rows: list[dict[str, Any]], models: list[ModelSpec]) -> list[
         spec = groups.get(row["model"])
         if spec is None or row["segment"] != "valid" or row["status"] != "ok":
             continue
-        name, k = parse_select_by(spec.select_by or DEFAULT_SELECT_BY, "model", "grid")
+        name, k = spec.select_metric()
         if row["metric"] != name or row["k"] != k:
             continue
         key = (row["dataset"], row["split"], row["split_fingerprint"], row["seed"], spec.grid_of)
         scores.setdefault(key, []).append((row["value"], row["model"]))
     out: list[dict[str, Any]] = []
     for key, candidates in scores.items():
-        higher = metric_lib.get_metric(parse_select_by(groups[candidates[0][1]].select_by, "model", "grid")[0]
-                                       ).higher_is_better
+        higher = metric_lib.get_metric(groups[candidates[0][1]].select_metric()[0]).higher_is_better
         best = sorted(candidates, key=lambda c: (-c[0] if higher else c[0], c[1]))[0][1]
         dataset, split, fingerprint, seed, group = key
         for row in rows:

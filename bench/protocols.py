@@ -45,6 +45,7 @@ import scipy.sparse as sp
 
 from bench.data.dataset import Dataset
 from bench.errors import ConfigError
+from bench.rundir import SplitStore
 from bench.splits import Segment, Split
 
 NEGATIVES_PER = ("test_item", "user")
@@ -194,16 +195,14 @@ def stored_negatives(dataset: Dataset, split: Split, protocol: Protocol, segment
     and stored there, so every model (and a resumed run) ranks the very same candidates."""
     pool_tag = "catalogue" if segment.candidates is None else re.sub(r"[^A-Za-z0-9_.-]", "_", segment.name)
     draw_tag = protocol.name + ("-per-user" if protocol.negatives_per == "user" else "")
-    path = None if store_dir is None else Path(store_dir) / f"{split.fingerprint}-{draw_tag}-{pool_tag}.npz"
-    if path is not None and path.is_file():
-        with np.load(path) as stored:
-            return Negatives(stored["users"], stored["indptr"], stored["items"], stored["n_negatives"])
+    store = None if store_dir is None else SplitStore(Path(store_dir))
+    stored = None if store is None else store.read_negatives(split.fingerprint, draw_tag, pool_tag)
+    if stored is not None:
+        return Negatives(stored["users"], stored["indptr"], stored["items"], stored["n_negatives"])
     negatives = draw_negatives(dataset, split, protocol, segment.candidates, pool_tag)
-    if path is not None:
-        from bench.results import atomic_write_npz
-
-        atomic_write_npz(path, users=negatives.users, indptr=negatives.indptr, items=negatives.items,
-                         n_negatives=negatives.n_negatives)
+    if store is not None:
+        store.write_negatives(split.fingerprint, draw_tag, pool_tag, users=negatives.users, indptr=negatives.indptr,
+                              items=negatives.items, n_negatives=negatives.n_negatives)
     return negatives
 
 

@@ -58,84 +58,14 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from bench.errors import ConfigError
-from bench.schema import check_keys
 from bench.protocol import Recommender, SideInfo, TrainData
-
-POLICIES = ("static", "incremental", "retrain")
-
-
-@dataclass
-class PolicySpec:
-    name: str
-    every: int = 0  # events between updates; 0 for static
-
-    @property
-    def label(self) -> str:
-        return self.name if self.name == "static" else f"{self.name}/every={self.every}"
-
-
-def _default_policies() -> list[PolicySpec]:
-    return [PolicySpec("static"), PolicySpec("incremental", 500), PolicySpec("retrain", 5000)]
-
-
-@dataclass
-class RealtimeSpec:
-    """The ``[evaluation.realtime]`` table of a suite file."""
-
-    enabled: bool = False
-    k: int = 10
-    block: int = 500  # events scored per batched recommend call
-    max_events: int = 0  # replay at most this many events after the cut; 0 = all
-    policies: list[PolicySpec] = field(default_factory=_default_policies)
-    update_cost_users: int = 50
-    update_cost_items: int = 50
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_KEYS: dict[str, type] = {"enabled": bool, "k": int, "block": int, "max_events": int, "policies": list,
-                          "update_cost_users": int, "update_cost_items": int}
-
-
-def parse_realtime(raw: dict[str, Any] | RealtimeSpec, source: str) -> RealtimeSpec:
-    """Validate ``[evaluation.realtime]``; mistakes name the key and the fix."""
-    if isinstance(raw, RealtimeSpec):
-        return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: 'evaluation.realtime' must be a table, got {type(raw).__name__}")
-    check_keys(raw, _KEYS, "evaluation.realtime.", source)
-    values = dict(raw)
-    policies = []
-    for i, table in enumerate(values.pop("policies", None) or [asdict(p) for p in _default_policies()]):
-        where = f"{source}: evaluation.realtime.policies[{i}]"
-        if not isinstance(table, dict) or set(table) - {"name", "every"} or "name" not in table:
-            raise ConfigError(f"{where} must be a table like {{ name = \"incremental\", every = 500 }}")
-        if table["name"] not in POLICIES:
-            raise ConfigError(f"{where}: policy '{table['name']}' is unknown; use one of {', '.join(POLICIES)}")
-        every = table.get("every", 0)
-        if table["name"] != "static" and (not isinstance(every, int) or every <= 0):
-            raise ConfigError(f"{where}: policy '{table['name']}' needs 'every' = events between updates (> 0)")
-        policies.append(PolicySpec(table["name"], int(every) if table["name"] != "static" else 0))
-    spec = RealtimeSpec(**values, policies=policies)
-    if spec.k < 1 or spec.block < 1 or spec.max_events < 0 or spec.update_cost_users < 0 or spec.update_cost_items < 0:
-        raise ConfigError(f"{source}: evaluation.realtime needs k >= 1, block >= 1 and non-negative "
-                          f"max_events / update_cost_users / update_cost_items")
-    for p in policies:
-        if p.every % spec.block:
-            raise ConfigError(f"{source}: evaluation.realtime policy '{p.label}': every = {p.every} must be a "
-                              f"multiple of block = {spec.block} (the model only changes between blocks)")
-    labels = [p.label for p in policies]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"{source}: evaluation.realtime.policies lists the same policy twice: {labels}")
-    return spec
+from bench.specs import POLICIES, PolicySpec, RealtimeSpec, parse_realtime  # noqa: F401  (specs: config layer)
 
 
 def applies(spec: RealtimeSpec, split_kind: str) -> bool:
@@ -315,11 +245,10 @@ def fresh_copy(model: Recommender, make_model: Callable[[], Recommender], log: E
 
 
 def run_cell(model: Recommender, make_model: Callable[[], Recommender], log: EventLog, spec: RealtimeSpec,
-             base: dict[str, Any], cell_dir: Path, info: dict[str, Any], seed: int,
-             cut_timestamp: float) -> list[dict[str, Any]]:
-    """Update cost + replay under every policy; returns tidy rows, writes ``realtime.json``."""
-    from bench.results import atomic_write_json
-
+             base: dict[str, Any], info: dict[str, Any], seed: int,
+             cut_timestamp: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Update cost + replay under every policy: the tidy rows, and the traces the runner keeps in the
+    cell's ``realtime.json`` (:meth:`bench.rundir.RunDir.write_realtime`) for the report's plots."""
     rows: list[dict[str, Any]] = []
 
     def row(segment: str, metric: str, k: int, value: float | None, n: int, status: str = "ok") -> dict[str, Any]:
@@ -354,7 +283,6 @@ def run_cell(model: Recommender, make_model: Callable[[], Recommender], log: Eve
         rows.append(row(segment, "update_seconds_total", 0, float(sum(trace.update_seconds)), trace.updates))
         rows.append(row(segment, "updates", 0, float(trace.updates), trace.updates))
         rows.append(row(segment, "replay_recommend_seconds", 0, trace.recommend_seconds, n_events))
-    atomic_write_json(cell_dir / "realtime.json", payload)
     info["realtime"] = {label: {"hit_rate": p.get("hit_rate"), "total_update_seconds": p.get("total_update_seconds"),
                                 "status": p["status"]} for label, p in payload["policies"].items()}
-    return rows
+    return rows, payload

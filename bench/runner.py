@@ -26,11 +26,13 @@ import scipy.sparse as sp
 from bench import metrics as metric_lib
 from bench import protocols as eval_protocols
 from bench import grid, provenance, realtime, registry, systems
-from bench.config import DatasetSpec, ModelSpec, SplitSpec, SuiteConfig
 from bench.data import DataOptions, Dataset, load_dataset
-from bench.errors import ConfigError
-from bench.protocol import Recommender, SideInfo, TrainData
-from bench.results import ResultRow, atomic_write_json, atomic_write_npz, write_tables
+from bench.data.dataset import side_info, train_data  # noqa: F401  (re-exported: runner.train_data)
+from bench.execution import execute_cell, preload_for
+from bench.protocol import Recommender, TrainData
+from bench.results import write_tables
+from bench.rundir import RunDir
+from bench.specs import DatasetSpec, ModelSpec, SplitSpec, SuiteConfig
 from bench.splits import Segment, Split, make_split
 from bench.stats import bootstrap_ci
 from bench.validation import validate_topk
@@ -50,21 +52,6 @@ class RunSummary:
     skipped: int
     frame: pd.DataFrame
     failures: list[str] = field(default_factory=list)
-
-
-def side_info(dataset: Dataset) -> SideInfo:
-    return SideInfo(
-        n_users=dataset.n_users, n_items=dataset.n_items, item_text=dataset.item_text,
-        item_categories=dataset.item_categories, category_names=dataset.category_names,
-        item_features=dataset.item_features, item_feature_names=dataset.item_feature_names,
-        user_features=dataset.user_features, user_feature_names=dataset.user_feature_names,
-        dataset_name=dataset.name,
-    )
-
-
-def train_data(dataset: Dataset, rows: np.ndarray) -> TrainData:
-    ts = None if dataset.timestamp is None else dataset.timestamp[rows]
-    return TrainData(dataset.user[rows], dataset.item[rows], dataset.weight[rows], ts, side_info(dataset))
 
 
 def cell_id(dataset: DatasetSpec, split: SplitSpec, model: ModelSpec, seed: int, config: SuiteConfig) -> str:
@@ -139,6 +126,25 @@ def score_lists(items: np.ndarray, data: SegmentData, dataset: Dataset, populari
     return metric_lib.compute(inputs, metric_names, ks)
 
 
+def metric_rows(table: metric_lib.MetricTable, base: dict[str, Any], segment: str, n_users: int, bootstrap: int,
+                seed: int) -> list[dict[str, Any]]:
+    """Tidy rows of one scored segment: per-user means with bootstrap CIs, aggregate metrics as they are.
+
+    Shared by the runner and ``bench score``, so a rescored metric is the very row a fresh run writes.
+    """
+    low, high = (bootstrap_ci(table.per_user, bootstrap, seed=seed) if bootstrap
+                 else (np.full(len(table.columns), np.nan),) * 2)
+    rows = []
+    for j, (name, k) in enumerate(table.columns):
+        if (name, k) in table.aggregate:
+            value, lo_, hi_ = table.aggregate[(name, k)], float("nan"), float("nan")
+        else:
+            value, lo_, hi_ = float(table.per_user[:, j].mean()), float(low[j]), float(high[j])
+        rows.append(base | {"segment": segment, "metric": name, "k": k, "value": value, "ci_low": lo_,
+                            "ci_high": hi_, "n": n_users, "status": "ok"})
+    return rows
+
+
 # -- the cell ------------------------------------------------------------------
 
 class CellRunner:
@@ -147,6 +153,7 @@ class CellRunner:
     def __init__(self, config: SuiteConfig, run_id: str, run_dir: Path, dataset: Dataset, dspec: DatasetSpec,
                  split: Split, sspec: SplitSpec, train: TrainData, seed: int) -> None:
         self.config, self.run_id, self.run_dir = config, run_id, run_dir
+        self.rundir = RunDir(run_dir)
         self.dataset, self.dspec, self.split, self.sspec, self.train, self.seed = dataset, dspec, split, sspec, train, seed
         self.popularity = np.bincount(train.item, minlength=dataset.n_items)
         self.n_train_users = int(np.unique(train.user).size)
@@ -164,17 +171,10 @@ class CellRunner:
             "cell_id": cid,
         }
 
-    def cell_dir(self, cid: str) -> Path:
-        return self.run_dir / "cells" / cid
-
     def new_info(self, mspec: ModelSpec, cid: str) -> dict[str, Any]:
         return {"cell_id": cid, "dataset": self.dspec.name, "split": self.split.kind,
                 "split_fingerprint": self.split.fingerprint, "model": mspec.label,
                 "model_name": mspec.name, "seed": self.seed, "segments": {}}
-
-    def load_done(self, cid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        info = json.loads((self.cell_dir(cid) / "cell.json").read_text(encoding="utf-8"))
-        return info["rows"], info
 
     def record_failure(self, mspec: ModelSpec, cid: str, error: str, trace: str,
                        info: dict[str, Any] | None = None,
@@ -187,11 +187,10 @@ class CellRunner:
             base | {"segment": "-", "metric": "error", "k": 0, "value": float("nan"), "ci_low": float("nan"),
                     "ci_high": float("nan"), "n": 0, "status": "failed"}]
         info["rows"] = rows
-        atomic_write_json(self.cell_dir(cid) / "cell.json", info)
+        self.rundir.write_cell(cid, info)
         return rows, info
 
     def run(self, mspec: ModelSpec, cid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        cell_dir = self.cell_dir(cid)
         info = self.new_info(mspec, cid)
         rows: list[dict[str, Any]] = []
         base = self.base_row(mspec, mspec.params, cid)
@@ -207,16 +206,16 @@ class CellRunner:
             for name, value in fit_cost.figures().items():
                 rows.append(self.system_row(base, "fit", name, value))
             for segment in self.split.segments(self.dataset):
-                rows.extend(self.run_segment(model, mspec, segment, base, cell_dir, info))
+                rows.extend(self.run_segment(model, mspec, segment, base, cid, info))
             info["model_description"] = model.describe()  # again: fitted models add what they learned
-            rows.extend(self.run_realtime(model, mspec, base, cell_dir, info))
-            rows.extend(grid.validation_rows(self, mspec, base))  # grid points only: score on a carve of train
+            rows.extend(self.run_realtime(model, mspec, base, cid, info))
+            rows.extend(grid.validation_rows(self.dataset, self.split, self.seed, self.config.device, mspec, base))  # grid points only: score on a carve of train
             info["status"] = "ok"
         except Exception as exc:  # one broken model must not end the suite
             return self.record_failure(mspec, cid, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
                                        info, rows)
         info["rows"] = rows
-        atomic_write_json(cell_dir / "cell.json", info)  # written last: its presence marks the cell done
+        self.rundir.write_cell(cid, info)  # written last: its presence marks the cell done
         return rows, info
 
     @staticmethod
@@ -225,7 +224,7 @@ class CellRunner:
                        "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "status": "ok"}
 
     def run_segment(self, model: Recommender, mspec: ModelSpec, segment: Segment, base: dict[str, Any],
-                    cell_dir: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+                    cid: str, info: dict[str, Any]) -> list[dict[str, Any]]:
         ev = self.config.evaluation
         if not model.capabilities.supports(segment.needs):
             info["segments"][segment.name] = {"status": "unsupported", "needs": segment.needs}
@@ -236,7 +235,7 @@ class CellRunner:
         max_users = min(limits) if limits else 0
         data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train, max_users,
                             protocol=eval_protocols.from_evaluation(ev), k=self.ks[-1],
-                            negatives_dir=self.run_dir / "splits")
+                            negatives_dir=self.rundir.splits_dir)
         k_max = self.ks[-1]
         batch = ev.batch_size or len(data.users)
         items_parts, score_parts = [], []
@@ -255,20 +254,11 @@ class CellRunner:
         seconds = time.perf_counter() - start
         items = np.concatenate(items_parts)
         scores = np.concatenate(score_parts)
-        atomic_write_npz(cell_dir / f"topk-{segment.name}.npz", users=data.users, items=items, scores=scores)
+        self.rundir.write_topk(cid, segment.name, data.users, items, scores)
         table = score_lists(items, data, self.dataset, self.popularity, self.n_train_users, self.metric_names, self.ks)
-        atomic_write_npz(cell_dir / f"per_user-{segment.name}.npz", users=data.users, values=table.per_user,
-                         columns=np.array([f"{m}@{k}" for m, k in table.columns]))
-        low, high = (bootstrap_ci(table.per_user, ev.bootstrap, seed=self.seed) if ev.bootstrap
-                     else (np.full(len(table.columns), np.nan),) * 2)
-        rows = []
-        for j, (name, k) in enumerate(table.columns):
-            if (name, k) in table.aggregate:
-                value, lo_, hi_, n = table.aggregate[(name, k)], float("nan"), float("nan"), len(data.users)
-            else:
-                value, lo_, hi_, n = float(table.per_user[:, j].mean()), float(low[j]), float(high[j]), len(data.users)
-            rows.append(base | {"segment": segment.name, "metric": name, "k": k, "value": value, "ci_low": lo_,
-                                "ci_high": hi_, "n": n, "status": "ok"})
+        self.rundir.write_per_user(cid, segment.name, data.users, table.per_user,
+                                   [f"{m}@{k}" for m, k in table.columns])
+        rows = metric_rows(table, base, segment.name, len(data.users), ev.bootstrap, self.seed)
         rows.append(self.system_row(base, segment.name, "recommend_seconds", seconds))
         rows.append(self.system_row(base, segment.name, "users_per_second", len(data.users) / max(seconds, 1e-12)))
         rows.extend(self.system_row(base, segment.name, name, value) for name, value in model.extra_metrics().items())
@@ -289,7 +279,7 @@ class CellRunner:
         return [self.system_row(base, data.segment.name, name, value) | {"n": n}
                 for name, (value, n) in figures.items()]
 
-    def run_realtime(self, model: Recommender, mspec: ModelSpec, base: dict[str, Any], cell_dir: Path,
+    def run_realtime(self, model: Recommender, mspec: ModelSpec, base: dict[str, Any], cid: str,
                      info: dict[str, Any]) -> list[dict[str, Any]]:
         """Freshness: update cost and prequential replay on temporal splits (bench.realtime)."""
         spec = self.config.evaluation.realtime
@@ -300,8 +290,10 @@ class CellRunner:
         d = self.dataset
         log = realtime.event_log(d.user, d.item, d.weight, d.timestamp, self.train.side, self.split.train,
                                  self.split.stats["cut_timestamp"], spec.max_events)
-        return realtime.run_cell(model, make_model, log, spec, base, cell_dir, info, self.seed,
-                                 self.split.stats["cut_timestamp"])
+        rows, traces = realtime.run_cell(model, make_model, log, spec, base, info, self.seed,
+                                         self.split.stats["cut_timestamp"])
+        self.rundir.write_realtime(cid, traces)
+        return rows
 
 
 # -- the suite -----------------------------------------------------------------
@@ -339,16 +331,14 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     Without ``run_dir`` the folder is ``out_root/<suite>-<run key>``: the same
     config on the same code lands in the same folder and resumes there.
     """
-    from bench.execution import execute_cell, preload_for
-
     data = data or DataOptions()
     say = progress or (lambda _msg: None)
     run_dir = Path(run_dir) if run_dir is not None else Path(out_root) / f"{config.name}-{run_key(config)}"
     run_id = run_dir.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", config.as_dict())
+    folder = RunDir(run_dir)
+    folder.write_config(config.as_dict())
     prov = provenance.collect(config.device)
-    atomic_write_json(run_dir / "provenance.json", prov)
+    folder.write_provenance(prov)
 
     cells = plan_cells(config)
     preload_for([registry.models.get(m.name) for m in config.models])
@@ -361,10 +351,9 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     try:
         for index, (dspec, seed, sspec, mspec) in enumerate(cells, 1):
             cid = cell_id(dspec, sspec, mspec, seed, config)
-            done_file = run_dir / "cells" / cid / "cell.json"
             label = f"[{index}/{len(cells)}] {dspec.name} {sspec.kind} seed={seed} {mspec.label}"
-            if done_file.exists() and not force:
-                info = json.loads(done_file.read_text(encoding="utf-8"))
+            info = None if force else folder.read_cell(cid)
+            if info is not None:
                 all_rows.extend(info["rows"])
                 skipped += 1
                 if info.get("status") == "failed":
@@ -378,9 +367,9 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
             skey = (dkey, seed, json.dumps({"kind": sspec.kind, "params": sspec.params}, sort_keys=True, default=str))
             if skey not in split_cache:
                 split = make_split(dataset, sspec.kind, seed, **sspec.params)
-                atomic_write_npz(run_dir / "splits" / f"{split.fingerprint}.npz", train=split.train, test=split.test,
-                                 valid=split.valid, history=split.history, cold_users=split.cold_users,
-                                 cold_items=split.cold_items)
+                folder.splits.write_split(split.fingerprint, train=split.train, test=split.test, valid=split.valid,
+                                          history=split.history, cold_users=split.cold_users,
+                                          cold_items=split.cold_items)
                 split_cache[skey] = (split, train_data(dataset, split.train))
             split, train = split_cache[skey]
             cell_start = time.perf_counter()
@@ -396,9 +385,8 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     except KeyboardInterrupt:
         # Every cell whose cell.json exists is finished, including one whose child
         # completed as the signal arrived: rebuild the table from those files.
-        finished = [run_dir / "cells" / cell_id(d, s, m, seed, config) / "cell.json" for d, seed, s, m in cells]
-        rows = [row for path in finished if path.exists()
-                for row in json.loads(path.read_text(encoding="utf-8"))["rows"]]
+        finished = [folder.read_cell(cell_id(d, s, m, seed, config)) for d, seed, s, m in cells]
+        rows = [row for info in finished if info is not None for row in info["rows"]]
         write_tables(run_dir, rows, prov)
         say(f"interrupted: finished cells are saved in {run_dir}; "
             f"continue with: bench run --resume {run_dir}")

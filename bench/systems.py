@@ -62,55 +62,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from bench.errors import ConfigError
-from bench.schema import check_keys
-
-# -- configuration -----------------------------------------------------------------
-
-
-@dataclass
-class SystemsSpec:
-    """The ``[evaluation.systems]`` table of a suite file."""
-
-    enabled: bool = True
-    warmup: int = 5  # single-stream requests run and discarded before measuring
-    latency_requests: int = 100  # single-stream requests measured
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 256, 0])  # offline; 0 = all users at once
-    server_rate: float = 0.0  # Poisson arrivals per second; 0 = server scenario off
-    server_requests: int = 300
-    server_p99_ms: float = 0.0  # > 0: search the highest rate meeting this p99
-    max_seconds: float = 5.0  # budget per scenario (per batch size, per server rate)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_SYSTEMS_KEYS: dict[str, type | tuple[type, ...]] = {
-    "enabled": bool, "warmup": int, "latency_requests": int, "batch_sizes": list, "server_rate": (int, float),
-    "server_requests": int, "server_p99_ms": (int, float), "max_seconds": (int, float)}
-
-
-def parse_systems(raw: dict[str, Any] | SystemsSpec, source: str) -> SystemsSpec:
-    """Validate ``[evaluation.systems]``; every mistake names the key and the fix."""
-    if isinstance(raw, SystemsSpec):
-        return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: 'evaluation.systems' must be a table, got {type(raw).__name__}")
-    check_keys(raw, _SYSTEMS_KEYS, "evaluation.systems.", source)
-    spec = SystemsSpec(**raw)
-    if spec.warmup < 0 or spec.latency_requests < 0 or spec.server_requests < 0:
-        raise ConfigError(f"{source}: evaluation.systems warmup, latency_requests and server_requests must be >= 0")
-    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in spec.batch_sizes):
-        raise ConfigError(f"{source}: evaluation.systems.batch_sizes must be integers >= 0 (0 = all users), "
-                          f"got {spec.batch_sizes!r}")
-    if spec.server_rate < 0 or spec.server_p99_ms < 0 or spec.max_seconds <= 0:
-        raise ConfigError(f"{source}: evaluation.systems server_rate and server_p99_ms must be >= 0 "
-                          f"and max_seconds > 0")
-    if spec.server_p99_ms > 0 and spec.server_requests < 20:
-        raise ConfigError(f"{source}: evaluation.systems.server_p99_ms needs server_requests >= 20 "
-                          f"for a meaningful p99")
-    return spec
-
+from bench.specs import SystemsSpec, parse_systems  # noqa: F401  (the spec lives with the config layer)
 
 # -- clocks and devices ------------------------------------------------------------
 

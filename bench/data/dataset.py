@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bench.errors import ConfigError
+from bench.protocol import SideInfo, TrainData
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,23 @@ class Dataset:
             "timestamps": self.has_timestamps,
             "conversion": self.info.get("conversion", ""),
         }
+
+
+def side_info(dataset: Dataset) -> SideInfo:
+    """What a model may know besides interactions: the dataset's side information, no test rows."""
+    return SideInfo(
+        n_users=dataset.n_users, n_items=dataset.n_items, item_text=dataset.item_text,
+        item_categories=dataset.item_categories, category_names=dataset.category_names,
+        item_features=dataset.item_features, item_feature_names=dataset.item_feature_names,
+        user_features=dataset.user_features, user_feature_names=dataset.user_feature_names,
+        dataset_name=dataset.name,
+    )
+
+
+def train_data(dataset: Dataset, rows: np.ndarray) -> TrainData:
+    """The interactions ``rows`` of ``dataset`` (a split's train, or a carve of it) as a model's input."""
+    ts = None if dataset.timestamp is None else dataset.timestamp[rows]
+    return TrainData(dataset.user[rows], dataset.item[rows], dataset.weight[rows], ts, side_info(dataset))
 
 
 def build_dataset(

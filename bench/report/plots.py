@@ -270,10 +270,8 @@ def _warm_reference(rows: pd.DataFrame, dataset: str, protocol: str) -> pd.Serie
 def realtime_plots(run: RunData, styles: dict[str, tuple[str, str]]) -> tuple[list[Plot], list[str]]:
     """Hit rate over replay time per model and policy, and hit rate against total update cost.
 
-    Reads ``cells/<id>/realtime.json`` (written by ``bench.realtime``) for the curves.
+    Reads each cell's replay traces (``RunData.realtime``, written by ``bench.realtime``) for the curves.
     """
-    import json
-
     frame = run.frame
     replay = frame[frame["segment"].str.startswith("replay:")]
     if replay.empty:
@@ -288,10 +286,9 @@ def realtime_plots(run: RunData, styles: dict[str, tuple[str, str]]) -> tuple[li
         for model in [m for m in run.model_order() if m in set(sub["model"])]:
             color, marker = styles.get(model, ("#333333", "o"))
             for cid in sub[sub["model"] == model]["cell_id"].unique()[:1]:
-                path = run.run_dir / "cells" / str(cid) / "realtime.json"
-                if not path.is_file():
+                payload = run.realtime(str(cid))
+                if payload is None:
                     continue
-                payload = json.loads(path.read_text(encoding="utf-8"))
                 for label, trace in payload.get("policies", {}).items():
                     if trace.get("status") != "ok" or not trace.get("block_end"):
                         continue

@@ -23,7 +23,7 @@ from bench.report import plots as plot_lib
 from bench.report import tables
 from bench.report.markdown import leaderboard_markdown
 from bench.report.rundata import ReportError, RunData, load_run
-from bench.results import atomic_write_bytes
+from bench.rundir import atomic_write_bytes
 from bench.systems import machine_mismatch
 
 DEFAULT_METRIC = "ndcg@10"

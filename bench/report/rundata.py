@@ -1,44 +1,27 @@
 """A finished (or partly finished) run folder, as the report reads it.
 
 Everything the report shows comes from the run folder alone (no dataset, no
-model is reloaded), so a report can be rebuilt anywhere the folder is copied:
-
-- ``results.json`` via :func:`bench.results.load_results`: the tidy table + provenance;
-- ``config.json``: the suite as run (model order, evaluation settings);
-- ``cells/<id>/cell.json``: model description, capabilities, status, error text;
-- ``cells/<id>/per_user-<segment>.npz``: per-user values for CIs and paired tests.
+model is reloaded), so a report can be rebuilt anywhere the folder is copied.
+It reads the folder through :class:`bench.rundir.RunDir`: the tidy table and
+provenance, the suite as run (model order, evaluation settings), each cell's
+description, status and error text, and per-user values for CIs and paired tests.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
 from bench.results import load_results
+from bench.rundir import PerUser, RunDir  # noqa: F401  (PerUser re-exported: report code imports it from here)
 
 
 class ReportError(BenchError):
     """The folder given to ``bench report`` is not a usable run folder."""
-
-
-@dataclass
-class PerUser:
-    """Per-user values of one cell and segment: ``values[:, j]`` is column ``columns[j]`` (``ndcg@10``)."""
-
-    users: np.ndarray
-    values: np.ndarray
-    columns: list[str]
-
-    def column(self, name: str) -> np.ndarray | None:
-        if name not in self.columns:
-            return None
-        return self.values[:, self.columns.index(name)]
 
 
 @dataclass
@@ -69,14 +52,12 @@ class RunData:
         """Per-user values of a cell's segment, or None when the file is absent (failed/unsupported)."""
         key = (cell_id, segment)
         if key not in self._per_user:
-            path = self.run_dir / "cells" / cell_id / f"per_user-{segment}.npz"
-            if not path.is_file():
-                self._per_user[key] = None
-            else:
-                with np.load(path, allow_pickle=False) as npz:
-                    self._per_user[key] = PerUser(np.asarray(npz["users"]), np.asarray(npz["values"], dtype=float),
-                                                  [str(c) for c in npz["columns"]])
+            self._per_user[key] = RunDir(self.run_dir).read_per_user(cell_id, segment)
         return self._per_user[key]
+
+    def realtime(self, cell_id: str) -> dict[str, Any] | None:
+        """The replay traces of a cell (``realtime.json``), or None when it has none."""
+        return RunDir(self.run_dir).read_realtime(cell_id)
 
     def paired_values(self, cell_ids: list[tuple[int, str]], segment: str, column: str) -> dict[tuple[int, int], float]:
         """``(seed, user) -> value`` over the given ``(seed, cell_id)`` pairs: the pairing key of tests."""
@@ -94,25 +75,16 @@ class RunData:
 def load_run(run_dir: Path) -> RunData:
     """Read a run folder; a wrong path gets one message naming it and what a run folder holds."""
     run_dir = Path(run_dir)
+    folder = RunDir(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run folder '{run_dir}' does not exist; pass a folder under reports/runs/ "
                           f"(printed at the end of `bench run`)")
-    if not (run_dir / "results.json").is_file():
+    if not folder.has_results():
         raise ReportError(f"'{run_dir}' has no results.json, so it is not a bench run folder (or no cell finished); "
                           f"pass the folder printed at the end of `bench run`")
     try:
         frame, provenance = load_results(run_dir)
     except (ValueError, KeyError) as exc:
-        raise ReportError(f"'{run_dir / 'results.json'}' cannot be read ({exc}); re-run the suite with "
+        raise ReportError(f"'{folder.results_file}' cannot be read ({exc}); re-run the suite with "
                           f"`bench run --resume {run_dir}`") from exc
-    config_path = run_dir / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    cells: dict[str, dict[str, Any]] = {}
-    for path in sorted((run_dir / "cells").glob("*/cell.json")):
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            continue  # a cell being written; the table still has its rows if it finished
-        info.pop("rows", None)
-        cells[path.parent.name] = info
-    return RunData(run_dir, frame, provenance or {}, config, cells)
+    return RunData(run_dir, frame, provenance or {}, folder.read_config() or {}, folder.cells())

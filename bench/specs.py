@@ -1,0 +1,235 @@
+"""Plain, validated specs: what a suite file says, as dataclasses. The configuration layer.
+
+``bench.config`` parses a suite file (TOML) into these; the runtime modules (runner,
+execution, grid, systems, realtime) read them and never import ``bench.config``, so
+configuration flows down only. Each sub-table that a runtime module owns
+(``[evaluation.systems]``, ``[evaluation.realtime]``, ``[execution]``) is checked here,
+next to its dataclass, with messages that name the key and the fix; checks that need
+the registries (model, dataset and metric names, grids) are in ``bench.config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.errors import ConfigError
+from bench.schema import check_keys
+
+DEFAULT_SELECT_BY = "ndcg@10"  # the validation metric a grid selects by unless its table names one
+
+
+# -- [execution] ---------------------------------------------------------------------------
+
+ISOLATION_MODES = ("process", "none")
+
+
+@dataclass
+class ExecutionSpec:
+    """How cells run; not part of a cell's identity (changing it keeps finished cells)."""
+
+    isolation: str = "process"  # "process": forked child per cell; "none": in this process (debugging)
+    timeout: float = 0.0  # seconds per cell; 0 = no limit (needs isolation = "process")
+    memory_limit_gb: float = 0.0  # address space a cell may add to what it inherits; 0 = none (needs "process")
+
+    def validate(self, source: str) -> None:
+        if self.isolation not in ISOLATION_MODES:
+            raise ConfigError(f"{source}: execution.isolation = '{self.isolation}' is not valid; "
+                              f"use one of {', '.join(ISOLATION_MODES)}")
+        if self.timeout < 0 or self.memory_limit_gb < 0:
+            raise ConfigError(f"{source}: execution.timeout and memory_limit_gb must be >= 0")
+        if self.isolation == "none" and (self.timeout or self.memory_limit_gb):
+            raise ConfigError(f"{source}: execution.timeout / memory_limit_gb need isolation = \"process\"")
+
+
+# -- [evaluation.systems] --------------------------------------------------------------------
+
+@dataclass
+class SystemsSpec:
+    """The ``[evaluation.systems]`` table of a suite file."""
+
+    enabled: bool = True
+    warmup: int = 5  # single-stream requests run and discarded before measuring
+    latency_requests: int = 100  # single-stream requests measured
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 256, 0])  # offline; 0 = all users at once
+    server_rate: float = 0.0  # Poisson arrivals per second; 0 = server scenario off
+    server_requests: int = 300
+    server_p99_ms: float = 0.0  # > 0: search the highest rate meeting this p99
+    max_seconds: float = 5.0  # budget per scenario (per batch size, per server rate)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SYSTEMS_KEYS: dict[str, type | tuple[type, ...]] = {
+    "enabled": bool, "warmup": int, "latency_requests": int, "batch_sizes": list, "server_rate": (int, float),
+    "server_requests": int, "server_p99_ms": (int, float), "max_seconds": (int, float)}
+
+
+def parse_systems(raw: dict[str, Any] | SystemsSpec, source: str) -> SystemsSpec:
+    """Validate ``[evaluation.systems]``; every mistake names the key and the fix."""
+    if isinstance(raw, SystemsSpec):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: 'evaluation.systems' must be a table, got {type(raw).__name__}")
+    check_keys(raw, _SYSTEMS_KEYS, "evaluation.systems.", source)
+    spec = SystemsSpec(**raw)
+    if spec.warmup < 0 or spec.latency_requests < 0 or spec.server_requests < 0:
+        raise ConfigError(f"{source}: evaluation.systems warmup, latency_requests and server_requests must be >= 0")
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in spec.batch_sizes):
+        raise ConfigError(f"{source}: evaluation.systems.batch_sizes must be integers >= 0 (0 = all users), "
+                          f"got {spec.batch_sizes!r}")
+    if spec.server_rate < 0 or spec.server_p99_ms < 0 or spec.max_seconds <= 0:
+        raise ConfigError(f"{source}: evaluation.systems server_rate and server_p99_ms must be >= 0 "
+                          f"and max_seconds > 0")
+    if spec.server_p99_ms > 0 and spec.server_requests < 20:
+        raise ConfigError(f"{source}: evaluation.systems.server_p99_ms needs server_requests >= 20 "
+                          f"for a meaningful p99")
+    return spec
+
+
+# -- [evaluation.realtime] -------------------------------------------------------------------
+
+POLICIES = ("static", "incremental", "retrain")
+
+
+@dataclass
+class PolicySpec:
+    name: str
+    every: int = 0  # events between updates; 0 for static
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name == "static" else f"{self.name}/every={self.every}"
+
+
+def _default_policies() -> list[PolicySpec]:
+    return [PolicySpec("static"), PolicySpec("incremental", 500), PolicySpec("retrain", 5000)]
+
+
+@dataclass
+class RealtimeSpec:
+    """The ``[evaluation.realtime]`` table of a suite file."""
+
+    enabled: bool = False
+    k: int = 10
+    block: int = 500  # events scored per batched recommend call
+    max_events: int = 0  # replay at most this many events after the cut; 0 = all
+    policies: list[PolicySpec] = field(default_factory=_default_policies)
+    update_cost_users: int = 50
+    update_cost_items: int = 50
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_KEYS: dict[str, type] = {"enabled": bool, "k": int, "block": int, "max_events": int, "policies": list,
+                          "update_cost_users": int, "update_cost_items": int}
+
+
+def parse_realtime(raw: dict[str, Any] | RealtimeSpec, source: str) -> RealtimeSpec:
+    """Validate ``[evaluation.realtime]``; mistakes name the key and the fix."""
+    if isinstance(raw, RealtimeSpec):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: 'evaluation.realtime' must be a table, got {type(raw).__name__}")
+    check_keys(raw, _KEYS, "evaluation.realtime.", source)
+    values = dict(raw)
+    policies = []
+    for i, table in enumerate(values.pop("policies", None) or [asdict(p) for p in _default_policies()]):
+        where = f"{source}: evaluation.realtime.policies[{i}]"
+        if not isinstance(table, dict) or set(table) - {"name", "every"} or "name" not in table:
+            raise ConfigError(f"{where} must be a table like {{ name = \"incremental\", every = 500 }}")
+        if table["name"] not in POLICIES:
+            raise ConfigError(f"{where}: policy '{table['name']}' is unknown; use one of {', '.join(POLICIES)}")
+        every = table.get("every", 0)
+        if table["name"] != "static" and (not isinstance(every, int) or every <= 0):
+            raise ConfigError(f"{where}: policy '{table['name']}' needs 'every' = events between updates (> 0)")
+        policies.append(PolicySpec(table["name"], int(every) if table["name"] != "static" else 0))
+    spec = RealtimeSpec(**values, policies=policies)
+    if spec.k < 1 or spec.block < 1 or spec.max_events < 0 or spec.update_cost_users < 0 or spec.update_cost_items < 0:
+        raise ConfigError(f"{source}: evaluation.realtime needs k >= 1, block >= 1 and non-negative "
+                          f"max_events / update_cost_users / update_cost_items")
+    for p in policies:
+        if p.every % spec.block:
+            raise ConfigError(f"{source}: evaluation.realtime policy '{p.label}': every = {p.every} must be a "
+                              f"multiple of block = {spec.block} (the model only changes between blocks)")
+    labels = [p.label for p in policies]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{source}: evaluation.realtime.policies lists the same policy twice: {labels}")
+    return spec
+
+
+# -- the suite ------------------------------------------------------------------------------
+
+@dataclass
+class DatasetSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    implicit: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SplitSpec:
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    datasets: list[str] | None = None  # restrict to these datasets; None = all
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    grid_of: str = ""  # set on grid points: the label of the grid they came from (bench.grid)
+    select_by: str = ""  # grid points: validation metric that picks the winner, e.g. "ndcg@10"
+    splits: list[str] | None = None  # run only on splits of these kinds; None = every split
+    # score this model on a seeded sample of at most this many test users per segment (None or 0 = the
+    # suite's evaluation.max_test_users, which it can only shrink). Samples are prefixes of one seeded
+    # permutation: every model sampled at this size sees the same users, a subset of any larger sample.
+    max_test_users: int | None = None
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
+
+    def select_metric(self) -> tuple[str, int]:
+        """The grid's selection metric as (name, k); ``select_by`` was checked by bench.config."""
+        name, _, k = (self.select_by or DEFAULT_SELECT_BY).partition("@")
+        return name, int(k)
+
+
+@dataclass
+class EvaluationSpec:
+    k: list[int] = field(default_factory=lambda: [5, 10, 20])
+    metrics: list[str] = field(default_factory=list)  # empty = every registered default
+    exclude_train: bool = True
+    bootstrap: int = 1000
+    batch_size: int = 0  # users per recommend() call; 0 = all at once
+    max_test_users: int = 0  # 0 = all; else a seeded sample, identical for every model
+    # "full" ranking, or "uniN" / "popN" sampled negatives (bench.protocols); part of every cell's identity
+    protocol: str = "full"
+    negatives_per: str = "test_item"  # sampled protocols: N per "test_item" (RecBole) or per "user" (Elliot)
+    # [evaluation.systems] / [evaluation.realtime]: latency, throughput, memory; freshness replay
+    systems: SystemsSpec = field(default_factory=SystemsSpec)
+    realtime: RealtimeSpec = field(default_factory=RealtimeSpec)
+
+
+@dataclass
+class SuiteConfig:
+    name: str
+    description: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "cpu"
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    splits: list[SplitSpec] = field(default_factory=list)
+    models: list[ModelSpec] = field(default_factory=list)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+    source: str = ""  # where the config came from (file path or "builtin:NAME")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
