@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pandas as pd
 
 from bench import registry
 from bench.errors import BenchError, ConfigError
+from bench.rundir import RunDir
 
 MIRROR_ENV = "BENCH_DATA_MIRROR"  # os.pathsep-separated mirror folders, read here and passed down
 CACHE_ENV = "BENCH_CACHE_DIR"
@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "the .md summary is written beside it")
     report.add_argument("--metric", default="ndcg@10", help="headline metric for the summary and the plots "
                                                             "(default ndcg@10)")
+
+    score = sub.add_parser("score", help="add metrics to a finished run from its stored top-k lists, "
+                                         "without refitting any model")
+    score.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (printed by `bench run`)")
+    score.add_argument("--metrics", help="comma-separated metric entries as in a suite, e.g. "
+                                         "'ndcg[discount=lenskit],recall@50' (default: the suite's metrics)")
+    score.add_argument("--k", help="comma-separated cut-offs, e.g. 5,10,50 (default: the suite's evaluation.k); "
+                                   "at most the largest k the suite stored its lists at")
+    add_data_options(score)
 
     lst = sub.add_parser("list", help="list registered models, datasets, metrics or suites")
     lst.add_argument("what", choices=["models", "datasets", "metrics", "suites"])
@@ -149,13 +158,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import run_suite
 
     if args.resume is not None:
-        stored = args.resume / "config.json"
-        if not stored.is_file():
+        folder = RunDir(args.resume)
+        stored = folder.read_config()
+        if stored is None:
             raise ConfigError(f"--resume {args.resume}: no config.json there; pass the folder of an earlier run")
         if args.suite or args.dataset or args.model or args.seed:
             raise ConfigError("--resume continues a run with the config stored in it; drop --suite/--dataset/"
                               "--model/--seed (start a new run to change them)")
-        config = config_from_dict(json.loads(stored.read_text(encoding="utf-8")), str(stored))
+        config = config_from_dict(stored, str(folder.config_file))
         if args.device:
             config.device = args.device
     elif args.suite:
@@ -170,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          "bench run: error: give --suite NAME|PATH, or --resume RUN_DIR (see bench run --help)")
     summary = run_suite(config, out_root=args.out, data=data_options(args), run_dir=args.resume, force=args.force)
     print(summary_table(summary.frame))
-    print(f"\nresults: {summary.run_dir / 'results.csv'} ({summary.cells} cells, {summary.failed} failed, "
+    print(f"\nresults: {RunDir(summary.run_dir).results_csv} ({summary.cells} cells, {summary.failed} failed, "
           f"{summary.skipped} reused)")
     for failure in summary.failures:
         print(f"FAILED {failure}", file=sys.stderr)
@@ -197,6 +207,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     files = write_report(args.run_dir, compare=args.compare, out=args.out, metric=args.metric)
     print(f"report: {files.html}\nsummary: {files.markdown}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from bench.runner import stderr_progress
+    from bench.score import parse_ks, score_run, split_metric_list
+
+    metrics = split_metric_list(args.metrics) if args.metrics else None
+    if args.metrics is not None and not metrics:
+        raise ConfigError("--metrics is empty; name at least one metric, e.g. --metrics ndcg,recall@50")
+    ks = parse_ks(args.k) if args.k else None
+    summary = score_run(args.run_dir, metrics=metrics, ks=ks, data=data_options(args), progress=stderr_progress)
+    names = ", ".join(f"{m}@{k}" for m, k in summary.columns)
+    print(f"scored {names} on {summary.cells} cell(s), {summary.segments} segment(s), from stored top-k lists "
+          f"(no model fitted): {summary.rows} rows in {RunDir(summary.run_dir).results_csv}")
+    for note in summary.skipped:
+        print(f"not scored (no finished lists): {note}", file=sys.stderr)
+    print(f"see them with: bench report {summary.run_dir}")
     return 0
 
 
@@ -265,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        handler = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "gate": cmd_gate}[args.command]
+        handler = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "gate": cmd_gate,
+                   "score": cmd_score}[args.command]
         return handler(args)
     except UsageError as exc:
         print(exc, file=sys.stderr)
