@@ -209,7 +209,8 @@ class CellRunner:
                 rows.extend(self.run_segment(model, mspec, segment, base, cid, info))
             info["model_description"] = model.describe()  # again: fitted models add what they learned
             rows.extend(self.run_realtime(model, mspec, base, cid, info))
-            rows.extend(grid.validation_rows(self.dataset, self.split, self.seed, self.config.device, mspec, base))  # grid points only: score on a carve of train
+            # grid points only: a second fit on train minus a validation carve, scored on the carve
+            rows.extend(grid.validation_rows(self.dataset, self.split, self.seed, self.config.device, mspec, base))
             info["status"] = "ok"
         except Exception as exc:  # one broken model must not end the suite
             return self.record_failure(mspec, cid, f"{type(exc).__name__}: {exc}", traceback.format_exc(),

@@ -74,7 +74,8 @@ def parse_ks(text: str) -> list[int]:
     return sorted(set(ks))
 
 
-def resolve_columns(config: SuiteConfig, metrics: list[str] | None, ks: list[int] | None) -> tuple[list[str], list[int]]:
+def resolve_columns(config: SuiteConfig, metrics: list[str] | None,
+                    ks: list[int] | None) -> tuple[list[str], list[int]]:
     """The metric entries and cut-offs to score, checked before any list is read.
 
     Lists are stored at the largest k of the suite: a cut-off beyond it cannot be

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.results import load_results
+from bench.rundir import runs_under
+
 REPO = Path(__file__).resolve().parents[1]
 # ~1M / ~10M interactions after duplicate removal (alpha 0.6 keeps ~99% of draws distinct)
 SIZES = {
@@ -85,10 +88,10 @@ def run_one(size: str, model: str, out: Path, test_users: int) -> dict:
     wall = time.perf_counter() - start
     record = {"size": size, "model": model, "exit_status": os.waitstatus_to_exitcode(status),
               "process_wall_seconds": wall, "process_tree_peak_rss_mb": usage.ru_maxrss / 1024}
-    runs = sorted((folder / "runs").glob("*/results.csv"))
+    runs = list(runs_under(folder / "runs"))
     if not runs:
         return record | {"error": "no results (see log.txt)"}
-    frame = pd.read_csv(runs[-1])
+    frame, _provenance = load_results(runs[-1].path)
     ok = frame[frame["status"] == "ok"]
     for name in FIGURES:
         values = ok[(ok["metric"] == name) & (ok["segment"].isin(["fit", "all"]))]["value"]
