@@ -15,7 +15,7 @@ class Pop(Recommender):
     """
 
     name = "pop"
-    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, update=True)
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, update=True, personalised=False)
 
     def fit(self, train: TrainData) -> None:
         self.popularity = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
@@ -34,7 +34,8 @@ class Random(Recommender):
     """Uniform random scores, reproducible per (seed, user) whatever the batching."""
 
     name = "random"
-    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True, update=True)
+    capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True, update=True,
+                                personalised=False)
 
     def fit(self, train: TrainData) -> None:
         self.n_items = train.n_items

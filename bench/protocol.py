@@ -32,6 +32,9 @@ class Capabilities:
     devices: tuple[str, ...] = ("cpu",)
     deterministic: bool = True  # same seed and params -> identical output
     nondeterminism: str = ""  # why not, when deterministic is False
+    # Lists depend on the user's own interactions. Floors (pop, random) say False; every model that
+    # says True must pass the contract's known-answer checkerboard test (bench.contract).
+    personalised: bool = True
 
     def supports(self, need: str) -> bool:
         """Whether a segment needing ``need`` (see bench.splits.Segment) can be served."""
