@@ -29,7 +29,7 @@ Sampled protocols (what bench implements, precisely):
 
 Negatives depend only on the split (fingerprint and seed), the protocol and the
 pool: they are drawn once, stored beside the split in the run folder
-(``splits/<fingerprint>-<protocol>-<pool>.npz``) and read back by every model, so
+(``splits/<fingerprint>-seed<seed>-<protocol>-<pool>.npz``) and read back by every model, so
 all models of a run rank exactly the same candidates.
 """
 
@@ -194,7 +194,9 @@ def stored_negatives(dataset: Dataset, split: Split, protocol: Protocol, segment
     """The split's negatives for this protocol and pool: read from ``store_dir`` if drawn before, else drawn
     and stored there, so every model (and a resumed run) ranks the very same candidates."""
     pool_tag = "catalogue" if segment.candidates is None else re.sub(r"[^A-Za-z0-9_.-]", "_", segment.name)
-    draw_tag = protocol.name + ("-per-user" if protocol.negatives_per == "user" else "")
+    # the seed is part of the name: a split that ignores the seed (temporal) has one fingerprint for all seeds,
+    # while its negatives are drawn per seed
+    draw_tag = f"seed{split.seed}-" + protocol.name + ("-per-user" if protocol.negatives_per == "user" else "")
     store = None if store_dir is None else SplitStore(Path(store_dir))
     stored = None if store is None else store.read_negatives(split.fingerprint, draw_tag, pool_tag)
     if stored is not None:

@@ -8,7 +8,7 @@ lives in one place. Layout of ``reports/runs/<run>/``::
     provenance.json                 git, packages, machine, device
     results.csv, results.json       the tidy table (bench.results); .json = rows + provenance
     splits/<fp>.npz                 index arrays of every split, named by its fingerprint
-    splits/<fp>-<protocol>-<pool>.npz   sampled negatives / candidates (bench.protocols)
+    splits/<fp>-seed<seed>-<protocol>-<pool>.npz   sampled negatives / candidates (bench.protocols)
     cells/<cell-id>/cell.json       status, timings, model description, error; written last,
                                     so its presence marks the cell finished
     cells/<cell-id>/topk-<seg>.npz  raw lists: users, items[n, k_max], scores[n, k_max]

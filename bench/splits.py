@@ -68,6 +68,9 @@ class Split:
     cold_items: np.ndarray = field(default_factory=lambda: EMPTY)
     stats: dict[str, int] = field(default_factory=dict)
     order: str = "time"
+    # False when the index arrays do not depend on the seed (a temporal cut; a time order without ties):
+    # the fingerprint then leaves the seed out, so identical splits of two seeds have one fingerprint.
+    seeded: bool = True
     fingerprint: str = ""
 
     def segments(self, dataset: Dataset) -> list[Segment]:
@@ -143,6 +146,20 @@ def _user_order(dataset: Dataset, rng: np.random.Generator) -> tuple[np.ndarray,
     return np.lexsort((tiebreak, dataset.timestamp)).argsort(), "time"
 
 
+def _ties_at_cut(users: np.ndarray, timestamp: np.ndarray, rank_from_end: np.ndarray, eligible: np.ndarray,
+                 cuts: int) -> bool:
+    """Whether the seed decides a per-user "last n" cut: some eligible user has equal timestamps on both
+    sides of a cut (ranks from the end c - 1 and c, for c = 1..cuts); otherwise time alone orders it."""
+    for c in range(1, cuts + 1):
+        before = eligible & (rank_from_end == c - 1)
+        after = eligible & (rank_from_end == c)
+        ts_before = np.full(int(users.max()) + 1, -1, dtype=np.int64)
+        ts_before[users[before]] = timestamp[before]
+        if np.any(ts_before[users[after]] == timestamp[after]):
+            return True
+    return False
+
+
 def _require_time(dataset: Dataset, kind: str) -> None:
     if dataset.timestamp is None:
         raise ConfigError(f"split '{kind}' needs timestamps, and dataset '{dataset.name}' has none; "
@@ -189,6 +206,7 @@ def leave_last_out(dataset: Dataset, rng: np.random.Generator, min_user_interact
                    validation: bool) -> Split:
     _require_time(dataset, "leave_last_out")
     key, order = _user_order(dataset, rng)
+    assert dataset.timestamp is not None
     rank_from_end = _rank_within_user(dataset.user, -key)
     counts = np.bincount(dataset.user, minlength=dataset.n_users)
     needed = max(2 + int(validation), min_user_interactions)
@@ -197,7 +215,8 @@ def leave_last_out(dataset: Dataset, rng: np.random.Generator, min_user_interact
     is_valid = eligible & (rank_from_end == 1) if validation else np.zeros_like(is_test)
     rows = np.arange(dataset.n_interactions)
     return Split("leave_last_out", {}, 0, train=rows[~is_test & ~is_valid], test=rows[is_test],
-                 valid=rows[is_valid], order=order)
+                 valid=rows[is_valid], order=order,
+                 seeded=_ties_at_cut(dataset.user, dataset.timestamp, rank_from_end, eligible, 1 + int(validation)))
 
 
 @split_kind("temporal", test_fraction=0.2)
@@ -214,7 +233,7 @@ def temporal(dataset: Dataset, rng: np.random.Generator, test_fraction: float) -
     known_items = np.zeros(dataset.n_items, bool)
     known_items[dataset.item[train]] = True
     warm = known_users[dataset.user[after]] & known_items[dataset.item[after]]
-    return Split("temporal", {}, 0, train=train, test=after[warm],
+    return Split("temporal", {}, 0, train=train, test=after[warm], seeded=False,
                  stats={"cut_timestamp": int(cut), "dropped_unseen_user_or_item": int((~warm).sum())})
 
 
@@ -301,10 +320,14 @@ def data_digest(dataset: Dataset) -> str:
 
 
 def fingerprint(split: Split, dataset: Dataset) -> str:
-    """Hash of the split's index arrays, its parameters and the data it indexes."""
+    """Hash of what determines the split: kind, parameters, the data, the index arrays, and the seed
+    only when the arrays depend on it (``split.seeded``): a temporal cut is the same split whatever the
+    seed, so it has one fingerprint, and a report cannot suggest seeds that never varied anything."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"kind": split.kind, "params": split.params, "seed": split.seed},
-                             sort_keys=True, default=str).encode())
+    identity: dict[str, Any] = {"kind": split.kind, "params": split.params}
+    if split.seeded:
+        identity["seed"] = split.seed
+    digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
     digest.update(data_digest(dataset).encode())
     for array in (split.train, split.test, split.valid, split.history, split.cold_users, split.cold_items):
         digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())

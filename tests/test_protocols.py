@@ -89,7 +89,7 @@ def test_popularity_negatives_follow_training_popularity(ml100k, ml100k_split):
 def test_negatives_are_drawn_once_then_read_back(ml100k, ml100k_split, tmp_path):
     protocol = P.parse_protocol("uni10")
     first = P.stored_negatives(ml100k, ml100k_split, protocol, Segment("all"), tmp_path)
-    (path,) = tmp_path.glob(f"{ml100k_split.fingerprint}-uni10-catalogue.npz")
+    (path,) = tmp_path.glob(f"{ml100k_split.fingerprint}-seed{ml100k_split.seed}-uni10-catalogue.npz")
     with np.load(path) as stored:
         assert np.array_equal(stored["items"], first.items)
         tampered = {name: stored[name] for name in stored.files}
