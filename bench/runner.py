@@ -97,21 +97,28 @@ def segment_data(dataset: Dataset, split: Split, segment: Segment, train_matrix:
     history = None
     exclude = None
     if segment.history_rows is not None:
-        rows = segment.history_rows
-        owner = np.searchsorted(users, dataset.user[rows])
-        valid = (owner < len(users)) & (users[np.minimum(owner, len(users) - 1)] == dataset.user[rows])
-        rows, owner = rows[valid], owner[valid]
-        bounds = np.searchsorted(owner, np.arange(len(users) + 1))
-        items = dataset.item[rows]
-        history = [items[bounds[i]:bounds[i + 1]] for i in range(len(users))]
         from bench.protocol import history_matrix
 
-        exclude = history_matrix(history, dataset.n_items)
+        history = _items_by_user(dataset, segment.history_rows, users)
+        # Every interaction of a cold user before the test set is known, shown or not (at n shots the
+        # ones between n and max(shots) too): ranking one is recommending a known positive, so it is
+        # excluded like a warm user's training items, never counted as a miss.
+        exclude = history_matrix(_items_by_user(dataset, split.history, users), dataset.n_items)
     elif exclude_train:
         exclude = train_matrix[users]
     candidates = segment.candidates if protocol is None else eval_protocols.segment_candidates(
         dataset, split, segment, users, exclude, protocol, k, negatives_dir)
     return SegmentData(segment, users, test_users, test_items, history, exclude, candidates)
+
+
+def _items_by_user(dataset: Dataset, rows: np.ndarray, users: np.ndarray) -> list[np.ndarray]:
+    """The items of ``rows`` (grouped by user, in their order) for each of the sorted ``users``."""
+    owner = np.searchsorted(users, dataset.user[rows])
+    valid = (owner < len(users)) & (users[np.minimum(owner, len(users) - 1)] == dataset.user[rows])
+    rows, owner = rows[valid], owner[valid]
+    bounds = np.searchsorted(owner, np.arange(len(users) + 1))
+    items = dataset.item[rows]
+    return [items[bounds[i]:bounds[i + 1]] for i in range(len(users))]
 
 
 def score_lists(items: np.ndarray, data: SegmentData, dataset: Dataset, popularity: np.ndarray,

@@ -16,7 +16,8 @@ Kinds (``kind`` in a suite file):
 - ``user_coldstart``: a ``user_fraction`` of users is removed from training; at test
   time a model gets each cold user's first ``n`` interactions for ``n`` in ``shots``
   and is scored on the interactions *after the first max(shots)*, so every point
-  of the k-shot curve is scored on the same test set;
+  of the k-shot curve is scored on the same test set; all of the first max(shots)
+  (shown or not) are excluded from the ranking at every n (bench.runner.segment_data);
 - ``item_coldstart``: an ``item_fraction`` of items is removed from training
   (known only by side information); scored on their interactions by warm users,
   ranking among the cold items (``candidates = "cold"``) or the whole catalogue

@@ -94,6 +94,30 @@ def test_user_coldstart_shots_and_fixed_test(ml100k):
     assert segments["shots=0"].needs == "cold_users_zero_shot" and segments["shots=3"].needs == "cold_users"
 
 
+def test_user_coldstart_excludes_every_known_pre_test_interaction():
+    """At n shots a cold user's interactions n..max(shots)-1 are neither shown, nor test: they are known
+    positives, so they are excluded from the ranking at every n (as a warm user's training items are),
+    never counted against a model that ranks them. Checked with Pop, which lists them when allowed to."""
+    from baselines.simple import Pop
+    from bench.runner import segment_data, train_data
+
+    data = load_dataset("synthetic", None, None, n_users=120, n_items=40, n_interactions=2400)
+    split = make_split(data, "user_coldstart", 0, user_fraction=0.25, shots=[0, 1, 3, 5])
+    train = train_data(data, split.train)
+    pop = Pop(seed=0)
+    pop.fit(train)
+    for segment in split.segments(data):
+        n = int(segment.name.split("=")[1])
+        seg = segment_data(data, split, segment, train.matrix, True, 0)
+        assert seg.history is not None and seg.exclude is not None
+        items, _ = pop.recommend(seg.users, 10, history=seg.history, exclude=seg.exclude)
+        for row, user in enumerate(seg.users):
+            known = data.item[split.history][data.user[split.history] == user]  # the first max(shots), in order
+            assert len(known) == 5 and seg.history[row].tolist() == known[:n].tolist()
+            assert sorted(seg.exclude[row].indices.tolist()) == sorted(known.tolist())
+            assert not np.isin(items[row], known).any(), (segment.name, user)
+
+
 def test_item_coldstart_ranks_among_cold_items(ml100k):
     split = make_split(ml100k, "item_coldstart", 0, item_fraction=0.2)
     assert not np.isin(ml100k.item[split.train], split.cold_items).any()
