@@ -49,7 +49,8 @@ class ALS(Recommender):
                   exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
         user_ids = np.asarray(user_ids)
         if history is not None or (candidates is not None and np.ndim(candidates) == 2):
-            return mask_and_rank(self.score(user_ids, history), k, candidates=candidates, exclude=exclude)
+            return mask_and_rank(self.score(user_ids, history), k, candidates=candidates, exclude=exclude,
+                                 users=user_ids, salt=self.tie_salt)
         # Warm users: implicit's own batched top-k, with its own filtering.
         filter_matrix = exclude if exclude is not None else sp.csr_matrix((len(user_ids), self.user_items.shape[1]))
         ids, scores = self.model.recommend(

@@ -50,12 +50,14 @@ class HistoryModel(Recommender):
                   candidates: np.ndarray | None = None,
                   exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
         """As the base class, masking exclusions in place: ``score`` returns a fresh array we own."""
-        scores = self.score(np.asarray(user_ids), history)
+        user_ids = np.asarray(user_ids)
+        scores = self.score(user_ids, history)
         if candidates is not None or exclude is None or not exclude.nnz:
-            return mask_and_rank(scores, k, candidates=candidates, exclude=exclude)
+            return mask_and_rank(scores, k, candidates=candidates, exclude=exclude, users=user_ids,
+                                 salt=self.tie_salt)
         rows, cols = exclude.nonzero()
         scores[rows, cols] = -np.inf
-        return top_k(scores, k)
+        return top_k(scores, k, users=user_ids, salt=self.tie_salt)
 
     def update(self, new: TrainData) -> None:
         """New interactions of known users join their history rows (``W`` is kept)."""

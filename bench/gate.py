@@ -264,6 +264,8 @@ class SegmentValues:
     users: np.ndarray | None = None
     per_user: dict[str, np.ndarray] = field(default_factory=dict)  # metric@k -> per-user values
     means: dict[str, float] = field(default_factory=dict)  # metric@k -> reported value (also aggregates)
+    # metric@k whose positions the model did not rank itself (status "first_stage"): never compared as its own
+    first_stage: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -327,11 +329,16 @@ def snapshot_from_run(run_dir: Path, metrics: Iterable[str]) -> Snapshot:
             cell.systems.setdefault(row.segment, {})[row.metric] = float(row.value)
             continue
         segment = cell.segments.get(row.segment)
+        scored = row.status in ("ok", "first_stage")
         if segment is None:
-            segment = cell.segments[row.segment] = SegmentValues(row.status)
-            if row.status == "ok":
+            segment = cell.segments[row.segment] = SegmentValues("ok" if scored else row.status)
+            if scored:
                 _read_per_user(folder, row.cell_id, row.segment, wanted, segment)
         column = f"{row.metric}@{row.k}"
+        if row.status == "first_stage" and column in wanted:
+            segment.first_stage.add(column)
+            segment.per_user.pop(column, None)
+            found.add(column)
         if row.status == "ok" and column in wanted:
             segment.means[column] = float(row.value)
             found.add(column)
@@ -376,6 +383,8 @@ def baseline_payload(snapshot: Snapshot, rules: Rules, config: dict[str, Any] | 
                 entry["users"] = None if seg.users is None else seg.users.tolist()
                 entry["means"] = dict(sorted(seg.means.items()))
                 entry["per_user"] = {m: v.tolist() for m, v in sorted(seg.per_user.items())}
+                if seg.first_stage:
+                    entry["first_stage"] = sorted(seg.first_stage)
             segments[name] = entry
         cells.append({"dataset": dataset, "split": split, "split_params": params, "seed": seed, "model": model,
                       "model_name": cell.model_name, "params": cell.params, "status": cell.status,
@@ -440,7 +449,8 @@ def load_baseline(path: Path) -> Snapshot:
                 seg["status"], None if users is None else np.asarray(users, dtype=np.int64),
                 {m: np.asarray([np.nan if v is None else v for v in vals], dtype=np.float64)
                  for m, vals in seg.get("per_user", {}).items()},
-                {m: (np.nan if v is None else float(v)) for m, v in seg.get("means", {}).items()})
+                {m: (np.nan if v is None else float(v)) for m, v in seg.get("means", {}).items()},
+                set(seg.get("first_stage", [])))
         systems = {s: {m: (np.nan if v is None else float(v)) for m, v in vals.items()}
                    for s, vals in c.get("systems", {}).items()}
         cells[(c["dataset"], c["split"], c["split_params"], int(c["seed"]), c["model"])] = CellState(
@@ -566,6 +576,11 @@ def accuracy_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problem
                                         np.nan, np.nan, "-", verdict="fail",
                                         note="segment scored in the baseline but not in the current run "
                                              f"({'unsupported' if cur_seg else 'absent'})"))
+                    continue
+                if metric in base_seg.first_stage or metric in cur_seg.first_stage:
+                    checks.append(Check("status", where, seg_name, model, metric, np.nan, np.nan, np.nan, "-",
+                                        verdict="skip", note="ranked by the first stage, not the model (it "
+                                        "ranked fewer than k positions): not compared as the model's"))
                     continue
                 checks.append(_accuracy_check(rule, where, seg_name, model, metric, higher_is_better, base_seg,
                                               cur_seg, rules.resamples, problems))

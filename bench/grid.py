@@ -102,6 +102,9 @@ def validation_rows(dataset: Dataset, split: Split, seed: int, device: str, mspe
                           f"'{split.kind}' is empty; the split leaves too little training data")
     fit_data = train_data(dataset, fit_rows)
     model = registry.models.get(mspec.name)(seed=seed, device=device, **mspec.params)
+    if k > model.ranked_depth(k):  # a two-stage point that ranks fewer than k: its first stage would be chosen
+        return [base | {"segment": "valid", "metric": name, "k": k, "value": float("nan"), "ci_low": float("nan"),
+                        "ci_high": float("nan"), "n": 0, "status": "first_stage"}]
     model.fit(fit_data)
     users = np.unique(dataset.user[valid_rows])
     exclude = fit_data.matrix[users]

@@ -109,11 +109,37 @@ def history_matrix(history: list[np.ndarray], n_items: int, weight: float = 1.0)
     return matrix
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest entries of each row, best first.
+_MIX1, _MIX2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 
-    Ties are broken by the lower column index, so results do not depend on how
-    users are batched.
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 that scatters neighbouring inputs."""
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def tie_keys(salt: int, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """A pseudo-random uint64 per (salt, user, item): the order in which equal scores are listed.
+
+    A pure function of its arguments, so a user's tie order is the same in any batch and for every
+    model given the same salt, and unrelated to item ids (low ids are older, more popular films).
+    """
+    with np.errstate(over="ignore"):
+        x = _mix(np.full(np.shape(users), np.uint64(salt % (1 << 64))) + _GOLDEN)
+        x = _mix(x ^ (np.asarray(users).astype(np.int64).astype(np.uint64) * _GOLDEN))
+        return _mix(x ^ (np.asarray(items).astype(np.int64).astype(np.uint64) * _MIX1))
+
+
+def top_k(scores: np.ndarray, k: int, *, users: np.ndarray | None = None, items: np.ndarray | None = None,
+          salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of the k largest entries of each row, best first.
+
+    Equal scores are ordered by :func:`tie_keys` of (``salt``, the row's user, the column's item), so
+    which of several tied items make the list is a reproducible coin toss, not the lowest item id, and
+    does not depend on how users are batched. ``users`` labels the rows (required for that); ``items``
+    maps columns to item ids (1-D shared, or 2-D per row; default: the column index). Without
+    ``users`` ties go to the lower column index (kept for callers that do not know their users).
     """
     n, m = scores.shape
     k = min(k, m)
@@ -122,25 +148,55 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()
     part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
+    if users is None:
+        order = np.lexsort((part, -part_scores), axis=1)
+        idx = np.take_along_axis(part, order, axis=1)
+        return idx, np.take_along_axis(scores, idx, axis=1)
+    users = np.asarray(users)
+    if users.shape != (n,):
+        raise ValueError(f"top_k: {users.shape} user ids for {n} rows of scores")
+
+    def item_ids(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        if items is None:
+            return cols
+        mapping = np.asarray(items)
+        return mapping[cols] if mapping.ndim == 1 else mapping[rows, cols]
+
+    if 0 < k < m:
+        # Rows where an item left out by argpartition ties the k-th score: choose among the tied by key.
+        kth = part_scores.min(axis=1)
+        boundary = np.flatnonzero((scores == kth[:, None]).sum(1) > (part_scores == kth[:, None]).sum(1))
+        if boundary.size:
+            sub, kb = scores[boundary], kth[boundary, None]
+            rows = np.broadcast_to(boundary[:, None], sub.shape)
+            keys = tie_keys(salt, users[rows], item_ids(rows, np.broadcast_to(np.arange(m), sub.shape)))
+            # one sortable rank: every item above the k-th score, then the tied ones by key, then the rest
+            rank = np.where(sub > kb, np.uint64(0), np.where(sub == kb, (keys >> np.uint64(1)) + np.uint64(1),
+                                                              np.uint64(np.iinfo(np.uint64).max)))
+            part[boundary] = np.argpartition(rank, k - 1, axis=1)[:, :k]
+            part_scores[boundary] = np.take_along_axis(sub, part[boundary], axis=1)
+    row_ids = np.broadcast_to(np.arange(n)[:, None], part.shape)
+    keys = tie_keys(salt, users[row_ids], item_ids(row_ids, part))
+    order = np.lexsort((keys, -part_scores), axis=1)
     idx = np.take_along_axis(part, order, axis=1)
     return idx, np.take_along_axis(scores, idx, axis=1)
 
 
 def mask_and_rank(scores: np.ndarray, k: int, *, candidates: np.ndarray | None = None,
-                  exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  exclude: sp.csr_matrix | None = None, users: np.ndarray | None = None,
+                  salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Turn dense scores [n, n_items] into top-k, honouring candidates and exclusions.
 
     ``candidates`` is a shared 1-D item array or a per-user 2-D array (entries < 0
     are padding, never returned); excluded items and non-candidates can never be
-    returned.
+    returned. ``users`` and ``salt`` decide the order of equal scores (:func:`top_k`).
     """
     scores = np.array(scores, dtype=np.float64, copy=True)
     if exclude is not None and exclude.nnz:
         coo = exclude.tocoo()
         scores[coo.row, coo.col] = -np.inf
     if candidates is None:
-        return top_k(scores, k)
+        return top_k(scores, k, users=users, salt=salt)
     cand = np.asarray(candidates)
     if cand.ndim == 1:
         cand = np.broadcast_to(cand, (scores.shape[0], cand.size))
@@ -148,7 +204,7 @@ def mask_and_rank(scores: np.ndarray, k: int, *, candidates: np.ndarray | None =
     sub = np.take_along_axis(scores, np.where(padding, 0, cand), axis=1)
     if padding.any():
         sub[padding] = -np.inf
-    idx, vals = top_k(sub, k)
+    idx, vals = top_k(sub, k, users=users, items=cand, salt=salt)
     return np.take_along_axis(cand, idx, axis=1), vals
 
 
@@ -190,8 +246,26 @@ class Recommender:
     def recommend(self, user_ids: np.ndarray, k: int, *, history: list[np.ndarray] | None = None,
                   candidates: np.ndarray | None = None,
                   exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item ids and scores per user, best first."""
-        return mask_and_rank(self.score(np.asarray(user_ids), history), k, candidates=candidates, exclude=exclude)
+        """Top-k item ids and scores per user, best first; equal scores in this user's tie order."""
+        user_ids = np.asarray(user_ids)
+        return mask_and_rank(self.score(user_ids, history), k, candidates=candidates, exclude=exclude,
+                             users=user_ids, salt=self.tie_salt)
+
+    @property
+    def tie_salt(self) -> int:
+        """Salt of :func:`tie_keys`: the run's seed, which also drew the split, so every model of a split
+        lists a user's equal-score items in the same order (pass it to mask_and_rank / top_k)."""
+        return int(self.seed)
+
+    def ranked_depth(self, k: int) -> int:
+        """How many leading positions of a top-``k`` list this model ranks itself.
+
+        A two-stage model that reranks only its first stage's top n returns ``min(k, n)``: positions
+        below it are the first stage's order, so the runner marks every metric at a cut-off above it
+        ``status = "first_stage"`` (not credited to this model; the lists and per-user values are
+        kept). Models that rank every position they return keep this default.
+        """
+        return k
 
     def update(self, new: TrainData) -> None:
         """Absorb new interactions without a full refit (capability ``update``)."""

@@ -42,7 +42,7 @@ class ResultRow:
     ci_low: float
     ci_high: float
     n: int  # users the value is averaged over (0 for systems figures)
-    status: str  # "ok", "unsupported", "failed"
+    status: str  # "ok", "unsupported" (not served), "first_stage" (positions a first stage ranked), "failed"
     cell_id: str
 
 

@@ -35,7 +35,7 @@ from bench.rundir import RunDir
 from bench.specs import DatasetSpec, ModelSpec, SplitSpec, SuiteConfig
 from bench.splits import Segment, Split, make_split
 from bench.stats import bootstrap_ci
-from bench.validation import validate_topk
+from bench.validation import tied_list_warning, validate_topk
 
 Progress = Callable[[str], None]
 
@@ -134,21 +134,27 @@ def score_lists(items: np.ndarray, data: SegmentData, dataset: Dataset, populari
 
 
 def metric_rows(table: metric_lib.MetricTable, base: dict[str, Any], segment: str, n_users: int, bootstrap: int,
-                seed: int) -> list[dict[str, Any]]:
+                seed: int, ranked_depth: int | None = None) -> list[dict[str, Any]]:
     """Tidy rows of one scored segment: per-user means with bootstrap CIs, aggregate metrics as they are.
 
     Shared by the runner and ``bench score``, so a rescored metric is the very row a fresh run writes.
+    A cut-off beyond ``ranked_depth`` (a two-stage model's own positions, ``Recommender.ranked_depth``)
+    is its first stage's ranking: status ``first_stage``, no value, never credited to the model (the
+    per-user values stay in the cell's file).
     """
     low, high = (bootstrap_ci(table.per_user, bootstrap, seed=seed) if bootstrap
                  else (np.full(len(table.columns), np.nan),) * 2)
     rows = []
     for j, (name, k) in enumerate(table.columns):
-        if (name, k) in table.aggregate:
+        n, status = n_users, "ok"
+        if ranked_depth is not None and k > ranked_depth:
+            value, lo_, hi_, n, status = float("nan"), float("nan"), float("nan"), 0, "first_stage"
+        elif (name, k) in table.aggregate:
             value, lo_, hi_ = table.aggregate[(name, k)], float("nan"), float("nan")
         else:
             value, lo_, hi_ = float(table.per_user[:, j].mean()), float(low[j]), float(high[j])
         rows.append(base | {"segment": segment, "metric": name, "k": k, "value": value, "ci_low": lo_,
-                            "ci_high": hi_, "n": n_users, "status": "ok"})
+                            "ci_high": hi_, "n": n, "status": status})
     return rows
 
 
@@ -190,7 +196,7 @@ class CellRunner:
         info = info or self.new_info(mspec, cid)
         info.update(status="failed", error=error, traceback=trace)
         base = self.base_row(mspec, mspec.params, cid)
-        rows = [r for r in (kept_rows or []) if r["status"] == "ok"] + [
+        rows = [r for r in (kept_rows or []) if r["status"] in ("ok", "first_stage")] + [
             base | {"segment": "-", "metric": "error", "k": 0, "value": float("nan"), "ci_low": float("nan"),
                     "ci_high": float("nan"), "n": 0, "status": "failed"}]
         info["rows"] = rows
@@ -266,11 +272,17 @@ class CellRunner:
         table = score_lists(items, data, self.dataset, self.popularity, self.n_train_users, self.metric_names, self.ks)
         self.rundir.write_per_user(cid, segment.name, data.users, table.per_user,
                                    [f"{m}@{k}" for m, k in table.columns])
-        rows = metric_rows(table, base, segment.name, len(data.users), ev.bootstrap, self.seed)
+        depth = model.ranked_depth(k_max)  # a two-stage model's own positions; below them, its first stage's
+        rows = metric_rows(table, base, segment.name, len(data.users), ev.bootstrap, self.seed, ranked_depth=depth)
         rows.append(self.system_row(base, segment.name, "recommend_seconds", seconds))
         rows.append(self.system_row(base, segment.name, "users_per_second", len(data.users) / max(seconds, 1e-12)))
         rows.extend(self.system_row(base, segment.name, name, value) for name, value in model.extra_metrics().items())
         info["segments"][segment.name] = {"status": "ok", "users": int(len(data.users)), "recommend_seconds": seconds}
+        if depth < k_max:
+            info["segments"][segment.name]["ranked_depth"] = int(depth)
+        warning = tied_list_warning(scores)
+        if warning:
+            info["segments"][segment.name]["warnings"] = [warning]
         rows.extend(self.measure_serving(model, data, k_max, base, info["segments"][segment.name]))
         return rows
 

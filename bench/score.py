@@ -177,7 +177,8 @@ def score_cell(folder: RunDir, config: SuiteConfig, dataset: Dataset, split: Spl
                               f"users than the split gives now; the run folder does not match its config")
         table = score_lists(topk.items, data, dataset, popularity, n_train_users, entries, ks)
         _merge_per_user(folder, cid, segment.name, topk.users, table.per_user, [f"{m}@{k}" for m, k in table.columns])
-        new.extend(metric_rows(table, base, segment.name, len(data.users), ev.bootstrap, seed))
+        new.extend(metric_rows(table, base, segment.name, len(data.users), ev.bootstrap, seed,
+                               ranked_depth=state.get("ranked_depth")))
         scored += 1
     return new, scored
 

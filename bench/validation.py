@@ -66,3 +66,21 @@ def validate_topk(model: str, items: object, scores: object, *, n_users: int, k:
         if not ok.all():
             raise fail(f"{int((~ok).sum())} item(s) outside the candidate set")
     return items_arr.astype(np.int64), scores_arr
+
+
+def tied_list_warning(scores: np.ndarray) -> str | None:
+    """A warning when some users' whole top-k has one score (k >= 2), else None.
+
+    Such a list is not a ranking the model made: which items fill it and in what
+    order is the tie-break's choice (bench.protocol.tie_keys), so its accuracy
+    says little about the model. Valid output, so a warning (cell.json, report)
+    rather than a failure.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] < 2 or not len(scores):
+        return None
+    flat = int((scores == scores[:, :1]).all(axis=1).sum())
+    if not flat:
+        return None
+    return (f"{flat} of {len(scores)} users' top-{scores.shape[1]} lists have all scores equal: "
+            f"their items were picked by the random tie-break, not ranked by the model")

@@ -182,7 +182,10 @@ class LLMRerank(LMRecommender):
     The first stage (any registered model, default ``text-embed``) proposes
     ``max(k, n_candidates)`` items; the LM reranks the first ``n_candidates`` of
     them and those come first, scored ``1 + P(yes)``; any remaining positions keep
-    the first-stage order with scores ``1 / (2 + rank)``. The user's history
+    the first-stage order with scores ``1 / (2 + rank)``. Those are the first
+    stage's, not this model's: :meth:`ranked_depth` says so, and the runner
+    marks metrics at k > ``n_candidates`` as ``first_stage`` rather than
+    crediting them to the reranker (rank k candidates to be scored at k). The user's history
     prefix is run once and its KV cache shared by every candidate
     (``share_prefix = false`` re-encodes it per candidate: same numbers, slower).
     Cold users and cold items are served when the first stage serves them.
@@ -225,6 +228,10 @@ class LLMRerank(LMRecommender):
         self.seen = [set(h.tolist()) for h in self.histories]
         self.finetune(np.random.default_rng(self.seed))
         runtime.synchronize(self.device)
+
+    def ranked_depth(self, k: int) -> int:
+        """The LM orders only the first ``n_candidates`` positions; the tail is the first stage's order."""
+        return min(k, int(self.params["n_candidates"]))
 
     def suffix_ids(self, item: int) -> list[int]:
         return self.encode(f'Will the user like "{self.texts[item]}"? Answer:')

@@ -127,6 +127,8 @@ def test_rerank_orders_first_stage_head_by_p_yes(smollm_rerank: Recommender) -> 
     assert np.allclose(scores[0, :4], 1 + p_yes[order], atol=1e-6)
     assert items[0, 4:].tolist() == stage[0, 4:].tolist()
     assert np.all(scores[0, 4:] < 1)
+    # ... so it declares only its first 4 positions as its own ranking (the runner credits k <= 4 only)
+    assert model.ranked_depth(6) == 4 and model.ranked_depth(3) == 3
 
 
 def test_rerank_takes_capabilities_from_first_stage() -> None:

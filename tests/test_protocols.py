@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from bench import protocols as P
 from bench.config import parse_suite
 from bench.errors import ConfigError
-from bench.protocol import mask_and_rank
+from bench.protocol import mask_and_rank, tie_keys
 from bench.splits import Segment, make_split
 
 
@@ -197,7 +197,7 @@ def test_sampled_run_end_to_end(tmp_path):
                 assert set(listed.tolist()) <= rows[int(u)]
 
     # Pop's hit rate recomputed by hand from the stored rows: rank each row by training popularity,
-    # ties to the lower item id, minus training items (exclude_train)
+    # ties in the user's tie order (bench.protocol.tie_keys, salted by the seed), minus training items
     dataset = load_dataset("synthetic", None, None, n_users=150, n_items=200, n_interactions=4000, seed=0)
     split = make_split(dataset, "random", 0)
     popularity = np.bincount(dataset.item[split.train], minlength=dataset.n_items)
@@ -205,7 +205,8 @@ def test_sampled_run_end_to_end(tmp_path):
     test = pd.DataFrame({"u": dataset.user[split.test], "i": dataset.item[split.test]}).groupby("u")["i"].agg(set)
     hit = []
     for u, row in rows.items():
-        ranked = sorted((i for i in row if (u, i) not in trained), key=lambda i: (-popularity[i], i))[:5]
+        ranked = sorted((i for i in row if (u, i) not in trained),
+                        key=lambda i: (-popularity[i], int(tie_keys(0, np.array(u), np.array(i)))))[:5]
         hit.append(bool(set(ranked) & test[u]))
     pop_hit = frame[(frame["model"] == "pop") & (frame["metric"] == "hit_rate") & (frame["k"] == 5)]["value"]
     assert pop_hit.iloc[0] == pytest.approx(np.mean(hit))

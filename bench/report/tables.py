@@ -150,7 +150,7 @@ class Delta:
 
 @dataclass
 class Cell:
-    status: str  # ok | unsupported | failed | missing
+    status: str  # ok | unsupported | first_stage | failed | missing
     value: float = float("nan")
     ci_low: float = float("nan")
     ci_high: float = float("nan")
@@ -163,7 +163,8 @@ class Cell:
 
     @property
     def text(self) -> str:
-        return {"unsupported": "not served", "failed": "failed", "missing": "–"}.get(self.status, fmt(self.value))
+        return {"unsupported": "not served", "first_stage": "first stage", "failed": "failed",
+                "missing": "–"}.get(self.status, fmt(self.value))
 
     @property
     def ci_text(self) -> str:
@@ -346,8 +347,8 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
                 crow = by_column.get((column.metric, column.k), msub.iloc[0:0])
                 okrow = crow[crow["status"] == "ok"]
                 if okrow.empty:
-                    status = "unsupported" if (crow["status"] == "unsupported").any() else (
-                        "failed" if (key.dataset, key.split, model) in failed_splits else "missing")
+                    status = next((s for s in ("unsupported", "first_stage") if (crow["status"] == s).any()),
+                                  "failed" if (key.dataset, key.split, model) in failed_splits else "missing")
                     cells[(model, column.key)] = Cell(status)
                     continue
                 cell = Cell("ok", float(okrow["value"].mean()), n=int(okrow["n"].max()))
@@ -377,11 +378,29 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
                 f"They are not eligible for best; ≈ and the tests against the best pair the users both scored"
                 + (f"; the table below compares every model on those {board.same_users.n_users} users."
                    if board.same_users is not None else "."))
+        board.notes.extend(_segment_notes(run, by_model, key.segment))
         undirected = [c.metric for c in columns if c.higher_is_better is None]
         if undirected:
             board.notes.append("no best marked for unregistered metrics: " + ", ".join(sorted(set(undirected))))
         boards.append(board)
     return boards
+
+
+def _segment_notes(run: RunData, by_model: dict[str, pd.DataFrame], segment: str) -> list[str]:
+    """What the runner recorded about a model's lists in this segment (cell.json): how deep the model
+    itself ranked when a first stage filled the rest, and validation warnings (all-equal top-k scores)."""
+    notes = []
+    for model, msub in by_model.items():
+        for cid in msub["cell_id"].unique():
+            info = run.cells.get(str(cid), {})
+            seg = info.get("segments", {}).get(segment, {})
+            seed = f" (seed {info['seed']})" if "seed" in info else ""
+            if seg.get("ranked_depth") is not None:
+                notes.append(f"{model}{seed} ranked only its top {seg['ranked_depth']}: cells at k above it "
+                             f"show \"first stage\" — those positions were ranked by the first stage, not the "
+                             f"model, and are not credited to it")
+            notes.extend(f"{model}{seed}: warning: {w}" for w in seg.get("warnings", []))
+    return notes
 
 
 def _sampled_models(board: Leaderboard) -> dict[str, int]:
