@@ -16,6 +16,13 @@ time cut replays the events after it in time order, in blocks of ``block``
 events: before each block, every user with an event in the block gets a top-k
 list (items the user consumed before the block are excluded, as a serving
 filter would), and each event counts a hit if its item is in its user's list.
+A user the model has not learnt (new since the cut, not yet absorbed by an
+update or retrain) is served only as its capabilities allow, exactly as in a
+``user_coldstart`` segment: from their events so far as ``history`` when it
+declares ``cold_users``, from an empty history when it declares
+``cold_users_zero_shot``; otherwise their events are *not served*: counted in
+``unserved_events`` and left out of every hit rate, never answered by a
+fallback (an all-zero or popularity list).
 After every ``every`` events a policy acts:
 
 - ``static``: nothing (the model never learns after the cut);
@@ -25,7 +32,10 @@ After every ``every`` events a policy acts:
 The model is constant within a block, so scoring a block in one batched
 ``recommend`` call is exact; ``every`` must be a multiple of ``block``.
 Output per policy: hit rate over time and total update cost, i.e. one point of
-the freshness-versus-cost curve per (policy, every).
+the freshness-versus-cost curve per (policy, every). Hit rates are over served
+events (their count is the row's ``n``); ``prequential_new_user_hit_rate`` is
+``unsupported`` (NaN, n = 0) when no event of a user unseen before the cut
+could be served.
 
 Results go to the tidy table (``segment = "replay:<policy>/every=<n>"``:
 ``prequential_hit_rate`` at ``k``, ``update_seconds_total`` and ``updates`` at
@@ -40,9 +50,10 @@ k = 0; ``segment = "update-cost"``: ``update_seconds_per_new_user`` and
         "incremental/every=500": {
           "policy": "incremental", "every": 500,
           "block_end":   [500, 1000, ...],   # events replayed after each block
-          "events":      [500, 500, ...],    # events scored in the block
+          "events":      [500, 500, ...],    # events served and scored in the block
           "hits":        [37, 41, ...],      # of which hits
-          "new_user_events": [...], "new_user_hits": [...],  # users unseen before the cut
+          "unserved_events": [0, 0, ...],    # events of users the model could not serve (not scored)
+          "new_user_events": [...], "new_user_hits": [...],  # served events of users unseen before the cut
           "update_seconds": [0.012, ...],    # spent updating after the block (0 = no update)
           "hit_rate": 0.071, "new_user_hit_rate": 0.05, "updates": 40,
           "total_update_seconds": 0.48, "recommend_seconds": 0.9
@@ -167,14 +178,17 @@ class PolicyTrace:
     block_end: list[int] = field(default_factory=list)
     events: list[int] = field(default_factory=list)
     hits: list[int] = field(default_factory=list)
+    unserved_events: list[int] = field(default_factory=list)
     new_user_events: list[int] = field(default_factory=list)
     new_user_hits: list[int] = field(default_factory=list)
+    new_user_unserved: int = 0
     update_seconds: list[float] = field(default_factory=list)
     recommend_seconds: float = 0.0
 
     @property
-    def hit_rate(self) -> float:
-        return sum(self.hits) / max(1, sum(self.events))
+    def hit_rate(self) -> float | None:
+        total = sum(self.events)
+        return sum(self.hits) / total if total else None
 
     @property
     def new_user_hit_rate(self) -> float | None:
@@ -192,30 +206,64 @@ class PolicyTrace:
         return out
 
 
+def serve_block(model: Recommender, users: np.ndarray, k: int, exclude: sp.csr_matrix, learnt: np.ndarray,
+                histories: dict[int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k lists for ``users`` as the model's capabilities allow, and which users were served.
+
+    Users the model has learnt (``learnt``) are asked as warm users. Any other user is a cold user
+    for this model: asked with their events so far (``histories``) only if it declares
+    ``cold_users`` (an empty history needs ``cold_users_zero_shot``), else not served, so no
+    fallback list (all-zero scores, popularity) is ever scored as the model's.
+    """
+    caps = model.capabilities
+    items = np.full((len(users), k), -1, dtype=np.int64)
+    served = learnt[users].copy()
+    if served.any():
+        got, _ = model.recommend(users[served], k, exclude=exclude[served])
+        items[served] = np.asarray(got)[:, :k]
+    cold = np.flatnonzero(~served)
+    history = [np.asarray(histories.get(int(users[i]), []), dtype=np.int64) for i in cold]
+    can = np.array([caps.cold_users_zero_shot if len(h) == 0 else caps.cold_users for h in history], dtype=bool)
+    if can.any():
+        rows = cold[can]
+        got, _ = model.recommend(users[rows], k, history=[h for h, c in zip(history, can) if c],
+                                 exclude=exclude[rows])
+        items[rows] = np.asarray(got)[:, :k]
+        served[rows] = True
+    return items, served
+
+
 def replay(model: Recommender, make_model: Callable[[], Recommender], log: EventLog, policy: PolicySpec, k: int,
            block: int) -> PolicyTrace:
     """Test-then-train over ``log.replay_rows`` under one policy; ``model`` may be modified in place."""
     trace = PolicyTrace(policy.name, policy.every)
     seen = log.matrix(log.train_rows)
-    known_users = np.zeros(log.side.n_users, bool)
+    known_users = np.zeros(log.side.n_users, bool)  # seen before the cut: "new user" means not in here
     known_users[log.user[log.train_rows]] = True
+    learnt = known_users.copy()  # users the current model was fitted or updated on
+    histories: dict[int, list[int]] = {}  # replayed events of users new since the cut, in time order
     replay_rows = log.replay_rows
     pending_from = 0  # first replay position not yet absorbed by the model
     for lo in range(0, len(replay_rows), block):
         rows = replay_rows[lo:lo + block]
         users, inverse = np.unique(log.user[rows], return_inverse=True)
         start = time.perf_counter()
-        items, _ = model.recommend(users, k, exclude=seen[users])
+        items, served_user = serve_block(model, users, k, seen[users], learnt, histories)
         trace.recommend_seconds += time.perf_counter() - start
-        hit = (np.asarray(items)[inverse] == log.item[rows][:, None]).any(1)
+        served = served_user[inverse]
+        hit = served & (items[inverse] == log.item[rows][:, None]).any(1)
         new = ~known_users[log.user[rows]]
         trace.block_end.append(lo + len(rows))
-        trace.events.append(len(rows))
+        trace.events.append(int(served.sum()))
         trace.hits.append(int(hit.sum()))
-        trace.new_user_events.append(int(new.sum()))
+        trace.unserved_events.append(int((~served).sum()))
+        trace.new_user_events.append(int((new & served).sum()))
         trace.new_user_hits.append(int((hit & new).sum()))
+        trace.new_user_unserved += int((new & ~served).sum())
         seen = (seen + log.matrix(rows)).tocsr()
         seen.data[:] = 1.0
+        for user, item in zip(log.user[rows][new], log.item[rows][new]):
+            histories.setdefault(int(user), []).append(int(item))
         end = lo + len(rows)
         spent = 0.0
         if policy.name != "static" and end - pending_from >= policy.every and end < len(replay_rows):
@@ -226,6 +274,7 @@ def replay(model: Recommender, make_model: Callable[[], Recommender], log: Event
                 model = make_model()
                 model.fit(log.data(np.concatenate([log.train_rows, replay_rows[:end]])))
             spent = max(time.perf_counter() - start, 1e-9)  # > 0 marks "an update happened"
+            learnt[log.user[replay_rows[pending_from:end]]] = True
             pending_from = end
         trace.update_seconds.append(spent)
     return trace
@@ -275,11 +324,14 @@ def run_cell(model: Recommender, make_model: Callable[[], Recommender], log: Eve
         working = fresh_copy(model, make_model, log) if policy.name == "incremental" else model
         trace = replay(working, make_model, log, policy, spec.k, spec.block)
         payload["policies"][policy.label] = trace.as_dict() | {"status": "ok"}
-        n_events = int(sum(trace.events))
-        rows.append(row(segment, "prequential_hit_rate", spec.k, trace.hit_rate, n_events))
-        if trace.new_user_hit_rate is not None:
-            rows.append(row(segment, "prequential_new_user_hit_rate", spec.k, trace.new_user_hit_rate,
-                            int(sum(trace.new_user_events))))
+        n_events = int(sum(trace.events))  # served events: a hit rate is over these only
+        rows.append(row(segment, "prequential_hit_rate", spec.k, trace.hit_rate, n_events,
+                        "ok" if n_events else "unsupported"))
+        n_new = int(sum(trace.new_user_events))
+        if n_new:
+            rows.append(row(segment, "prequential_new_user_hit_rate", spec.k, trace.new_user_hit_rate, n_new))
+        elif trace.new_user_unserved:  # new users replayed, none servable: not served, never a fallback
+            rows.append(row(segment, "prequential_new_user_hit_rate", spec.k, None, 0, "unsupported"))
         rows.append(row(segment, "update_seconds_total", 0, float(sum(trace.update_seconds)), trace.updates))
         rows.append(row(segment, "updates", 0, float(trace.updates), trace.updates))
         rows.append(row(segment, "replay_recommend_seconds", 0, trace.recommend_seconds, n_events))

@@ -12,7 +12,7 @@ from baselines.simple import Pop
 from bench import realtime, registry
 from bench.config import expand_capability_selectors, load_suite, parse_suite
 from bench.errors import ConfigError
-from bench.protocol import SideInfo
+from bench.protocol import Capabilities, Recommender, SideInfo
 from bench.results import load_results
 from bench.runner import run_suite
 
@@ -56,12 +56,75 @@ def test_replay_hand_worked(policy, hits, rate, updates):
     assert trace.new_user_events == [2, 2] and trace.new_user_hits == hits  # users 1..4 are all new
 
 
+class NextItem(Recommender):
+    """Recommends the item after the user's last one; claims cold users from history, not zero-shot.
+
+    Asking it for a user it never learnt without a history is the fallback the replay must not take,
+    so that raises."""
+
+    name = "realtime_test_next_item"
+    capabilities = Capabilities(cold_users=True)
+
+    def fit(self, train):
+        self.n_items, self.histories = train.n_items, train.histories()
+
+    def score(self, user_ids, history=None):
+        if history is None:
+            history = [self.histories[int(u)] for u in user_ids]
+        out = np.zeros((len(user_ids), self.n_items))
+        for row, h in enumerate(history):
+            if len(h) == 0:
+                raise AssertionError("asked to serve a user it never saw, with no history: a fallback")
+            out[row, (int(h[-1]) + 1) % self.n_items] = 1.0
+        return out
+
+
+def test_replay_serves_unseen_users_only_as_the_model_can():
+    """Train: user 0 takes item 0. Replay, one event a block: user 1 takes 1 then 2, user 2 takes 0.
+    NextItem (cold users from history, no zero-shot): user 1's first event has no history -> not
+    served; their second is served from the history [1] -> item 2, a hit; user 2's -> not served.
+    Pop (zero-shot) serves all three (top-1 is item 0 while it leads: a hit for user 2 only)."""
+    user, item, ts = np.array([0, 1, 1, 2]), np.array([0, 1, 2, 0]), np.array([0, 10, 11, 12])
+    log = realtime.event_log(user, item, np.ones(4, np.float32), ts, side(3, 3), np.array([0]), 10)
+    model = NextItem(seed=0)
+    model.fit(log.data(log.train_rows))
+    trace = realtime.replay(model, lambda: NextItem(seed=0), log, realtime.PolicySpec("static"), k=1, block=1)
+    assert trace.events == [0, 1, 0] and trace.hits == [0, 1, 0] and trace.unserved_events == [1, 0, 1]
+    assert trace.new_user_events == [0, 1, 0] and trace.new_user_hits == [0, 1, 0] and trace.new_user_unserved == 2
+    assert trace.hit_rate == 1.0 and trace.new_user_hit_rate == 1.0
+    pop_trace = realtime.replay(fitted(log), pop, log, realtime.PolicySpec("static"), k=1, block=1)
+    assert pop_trace.events == [1, 1, 1] and pop_trace.unserved_events == [0, 0, 0] and pop_trace.hits == [0, 0, 1]
+
+
+def test_a_model_that_cannot_serve_new_users_is_not_served_in_the_table(tmp_path):
+    """BPR declares no cold users: the new-user hit rate is "not served" (NaN, n = 0), never a number
+    computed from lists of all-zero user factors."""
+    raw = {
+        "name": "tiny-realtime-cold", "execution": {"isolation": "none"},
+        "evaluation": {"k": [5], "bootstrap": 0, "systems": {"enabled": False},
+                       "realtime": {"enabled": True, "k": 10, "block": 100, "update_cost_users": 0,
+                                    "update_cost_items": 0, "policies": [{"name": "static"}]}},
+        "datasets": [{"name": "synthetic", "params": {"n_users": 150, "n_items": 90, "n_interactions": 4000}}],
+        "splits": [{"kind": "temporal", "params": {"test_fraction": 0.7}}],  # 13 users appear after the cut
+        "models": [{"name": "bpr", "params": {"factors": 4, "iterations": 2, "num_threads": 1}}, {"name": "pop"}],
+    }
+    summary = run_suite(parse_suite(raw, "test"), out_root=tmp_path, progress=None)
+    assert summary.failed == 0, summary.failures
+    frame, _ = load_results(summary.run_dir)
+    new_user = frame[frame["metric"] == "prequential_new_user_hit_rate"].set_index("model")
+    assert new_user.loc["bpr", "status"] == "unsupported" and new_user.loc["bpr", "n"] == 0
+    assert np.isnan(new_user.loc["bpr", "value"])
+    assert new_user.loc["pop", "status"] == "ok" and new_user.loc["pop", "n"] > 0
+    overall = frame[frame["metric"] == "prequential_hit_rate"].set_index("model")
+    assert overall.loc["bpr", "n"] + new_user.loc["pop", "n"] == overall.loc["pop", "n"]  # bpr: warm events only
+
+
 def test_replay_excludes_what_the_user_already_consumed():
-    # user 0 took item 0 in training and takes item 2 after the cut: with item 0 filtered,
-    # Pop's top-1 for user 0 is the lowest-index tie among unseen items: item 1, a miss;
+    # user 0 took item 0 in training (user 1 items 0 and 1) and takes item 2 after the cut: with
+    # item 0 filtered, Pop's top-1 for user 0 is item 1 (1 user against item 2's none), a miss;
     # with k=2 the list is [1, 2], a hit.
-    user, item, ts = np.array([0, 1, 0]), np.array([0, 0, 2]), np.array([0, 1, 5])
-    log = realtime.event_log(user, item, np.ones(3, np.float32), ts, side(2, 3), np.array([0, 1]), 5)
+    user, item, ts = np.array([0, 1, 1, 0]), np.array([0, 0, 1, 2]), np.array([0, 1, 2, 5])
+    log = realtime.event_log(user, item, np.ones(4, np.float32), ts, side(2, 3), np.array([0, 1, 2]), 5)
     assert realtime.replay(fitted(log), pop, log, realtime.PolicySpec("static"), 1, 1).hits == [0]
     assert realtime.replay(fitted(log), pop, log, realtime.PolicySpec("static"), 2, 1).hits == [1]
 
@@ -157,10 +220,12 @@ def test_suite_writes_replay_rows_and_curves(tmp_path):
         model = json.loads((cell_dir / "cell.json").read_text())["model"]
         assert payload["update_cost"]["new_users"] == 5
         for label, trace in payload["policies"].items():
-            assert sum(trace["events"]) == payload["replay_events"]
+            assert sum(trace["events"]) + sum(trace["unserved_events"]) == payload["replay_events"]
+            if model == "pop":  # serves anyone, even with no history: every event is scored
+                assert sum(trace["unserved_events"]) == 0
             row = replay_rows[(replay_rows["model"] == model) & (replay_rows["segment"] == f"replay:{label}")]
             assert row["value"].iloc[0] == pytest.approx(sum(trace["hits"]) / sum(trace["events"]))
-            assert row["n"].iloc[0] == payload["replay_events"]
+            assert row["n"].iloc[0] == sum(trace["events"])
         assert payload["policies"]["static"]["updates"] == 0
         n_blocks = -(-payload["replay_events"] // 100)
         assert payload["policies"]["incremental/every=100"]["updates"] == n_blocks - 1  # none after the last block

@@ -616,8 +616,9 @@ def realtime_tables(run: RunData) -> list[FigureTable]:
         replay = sub[sub["segment"].str.startswith("replay:")]
         if not replay.empty:
             means = replay[replay["status"] == "ok"].groupby(["model", "segment", "metric"])["value"].mean()
-            unsupported = set(zip(replay[replay["status"] == "unsupported"]["model"],
-                                  replay[replay["status"] == "unsupported"]["segment"]))
+            not_served = replay[replay["status"] == "unsupported"]
+            unsupported = set(zip(not_served["model"], not_served["segment"]))
+            unsupported_metric = set(zip(not_served["model"], not_served["segment"], not_served["metric"]))
             names = ["prequential_hit_rate", "prequential_new_user_hit_rate", "updates", "update_seconds_total",
                      "replay_recommend_seconds"]
             names = [n for n in names if n in set(replay["metric"])]
@@ -628,7 +629,8 @@ def realtime_tables(run: RunData) -> list[FigureTable]:
                     if (m, seg) in unsupported and not any((m, seg, n) in means.index for n in names):
                         rows.append([m, policy] + ["not served"] * len(names))
                     else:
-                        rows.append([m, policy] + [fmt(means.get((m, seg, n), float("nan"))) for n in names])
+                        rows.append([m, policy] + ["not served" if (m, seg, n) in unsupported_metric else
+                                                   fmt(means.get((m, seg, n), float("nan"))) for n in names])
             k = replay[replay["metric"] == "prequential_hit_rate"]["k"].max()
             headers = {"prequential_hit_rate": f"hit rate@{k}", "prequential_new_user_hit_rate":
                        f"new-user hit rate@{k}", "updates": "updates", "update_seconds_total": "update time (s)",
