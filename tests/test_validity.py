@@ -31,21 +31,23 @@ class Constant(Recommender):
 
 
 class TopTwoRerank(Pop):
-    """A two-stage model in miniature: Pop proposes, and the model re-orders (swaps) only its top two."""
+    """A two-stage model in miniature: Pop proposes, and the model reverses only its top ``depth``."""
 
     name = "validity_test_top2"
+    default_params = {"depth": 2}
 
     def recommend(self, user_ids, k, *, history=None, candidates=None, exclude=None):
-        items, scores = super().recommend(user_ids, max(k, 2), history=history, candidates=candidates,
+        depth = self.params["depth"]
+        items, scores = super().recommend(user_ids, max(k, depth), history=history, candidates=candidates,
                                           exclude=exclude)
         items = np.array(items)
-        items[:, [0, 1]] = items[:, [1, 0]]
+        items[:, :depth] = items[:, :depth][:, ::-1]
         scores = np.array(scores)
-        scores[:, :2] = scores[:, :2].max() + np.array([2.0, 1.0])  # the head outranks the first-stage tail
+        scores[:, :depth] = scores.max() + np.arange(depth, 0, -1)  # the head outranks the first-stage tail
         return items[:, :k], scores[:, :k]
 
     def ranked_depth(self, k: int) -> int:
-        return min(k, 2)
+        return min(k, self.params["depth"])
 
 
 for _cls in (Constant, TopTwoRerank):
@@ -161,3 +163,17 @@ def test_all_equal_top_k_is_a_warning_in_cell_json_and_report(run_dir) -> None:
     frame = run_dir.frame
     value = frame[(frame["model"] == Constant.name) & (frame["metric"] == "coverage") & (frame["k"] == 5)]["value"]
     assert not math.isclose(float(value.iloc[0]), 5 / 60)
+
+
+def test_grid_never_selects_a_point_by_its_first_stage(tmp_path) -> None:
+    """select_by ndcg@5: the depth-2 point ranks only 2 of 5 positions, so its validation score would be
+    Pop's tail (and, reversing fewer of Pop's best items, higher than depth 5's): it is not eligible."""
+    models = [{"name": TopTwoRerank.name, "label": "top", "grid": {"depth": [2, 5]}, "select_by": "ndcg@5"}]
+    summary = run_suite(parse_suite(tiny_suite(models), "test"), out_root=tmp_path, progress=None)
+    assert summary.failed == 0, summary.failures
+    frame = summary.frame
+    valid = frame[frame["segment"] == "valid"].set_index("model")
+    assert valid.loc["top[depth=2]", "status"] == "first_stage" and np.isnan(valid.loc["top[depth=2]", "value"])
+    assert valid.loc["top[depth=5]", "status"] == "ok"
+    selected = frame[(frame["metric"] == "selected") & (frame["value"] == 1.0)]
+    assert selected["model"].tolist() == ["top[depth=5]"]
