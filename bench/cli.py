@@ -150,6 +150,10 @@ def summary_table(frame: pd.DataFrame) -> str:
     if len(unsupported):
         text += "\nnot served (model lacks the capability): " + "; ".join(
             f"{r.model} on {r.dataset}/{r.split}/{r.segment}" for r in unsupported.itertuples())
+    first = frame[frame["status"] == "first_stage"].groupby(["dataset", "split", "segment", "model"])["k"].min()
+    if len(first):
+        text += "\nranked by the first stage, not the model (not credited): " + "; ".join(
+            f"{model} at k >= {k} on {dataset}/{split}/{segment}" for (dataset, split, segment, model), k in first.items())
     return text
 
 

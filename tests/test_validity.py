@@ -134,6 +134,10 @@ def test_positions_a_first_stage_ranked_are_never_credited(run_dir) -> None:
         column = list(per_user["columns"]).index("ndcg@5")
         assert np.isfinite(per_user["values"][:, column]).all()
 
+    from bench.cli import summary_table
+
+    assert f"ranked by the first stage, not the model (not credited): {TopTwoRerank.name} at k >= 5" in \
+        summary_table(frame)
     html = write_report(run_dir.run_dir, metric="ndcg@5").html.read_text()
     assert "first stage" in html and f"{TopTwoRerank.name} (seed 0) ranked only its top 2" in html
 
