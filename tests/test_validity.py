@@ -181,3 +181,17 @@ def test_grid_never_selects_a_point_by_its_first_stage(tmp_path) -> None:
     assert valid.loc["top[depth=5]", "status"] == "ok"
     selected = frame[(frame["metric"] == "selected") & (frame["value"] == 1.0)]
     assert selected["model"].tolist() == ["top[depth=5]"]
+
+
+def test_bench_score_keeps_first_stage_positions_uncredited(run_dir) -> None:
+    """A metric added later from the stored lists (`bench score`) follows the depth the cell recorded."""
+    from bench.results import load_results
+    from bench.score import score_run
+
+    score_run(run_dir.run_dir, metrics=["hit_rate"], ks=[1, 5])
+    frame, _ = load_results(run_dir.run_dir)
+    added = frame[(frame["metric"] == "hit_rate") & (frame["segment"] == "all")].set_index(["model", "k"])
+    assert added.loc[(TopTwoRerank.name, 1), "status"] == "ok"
+    assert added.loc[(TopTwoRerank.name, 5), "status"] == "first_stage"
+    assert np.isnan(added.loc[(TopTwoRerank.name, 5), "value"])
+    assert added.loc[("pop", 5), "status"] == "ok"
