@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered models, datasets, metrics or suites")
     lst.add_argument("what", choices=["models", "datasets", "metrics", "suites"])
 
+    data = sub.add_parser("data", help="inspect a dataset before benchmarking it")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    describe = data_sub.add_parser("describe", help="counts, density, per-user/per-item distributions, time range, "
+                                                    "cold-start potential")
+    describe.add_argument("target", metavar="NAME|PATH", help="a registered dataset or a .csv/.tsv/.parquet/.jsonl file")
+    describe.add_argument("--columns", default="", metavar="user=COL,item=COL[,value=COL,timestamp=COL]",
+                          help="column mapping for a file (default: columns named user, item, value, timestamp)")
+    describe.add_argument("--svg", type=Path, metavar="FILE", help="also write the two distributions as an SVG")
+    add_data_options(describe)
+
     gate = sub.add_parser("gate", help="compare a run with a committed baseline: exit 0 pass, 1 regression, "
                                        "2 cannot compare")
     gate.add_argument("--current", type=Path, required=True, metavar="RUN_DIR", help="the run folder to check")
@@ -240,7 +250,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         import bench.data  # noqa: F401  (registers datasets)
 
         for name in registry.datasets.names():
-            print(f"{name:18s} {getattr(registry.datasets.get(name), 'description', '')}")
+            origin = registry.datasets.origin(name)
+            where = f"  [{origin}]" if origin.startswith(("entry point", "the user's")) else ""
+            print(f"{name:18s} {getattr(registry.datasets.get(name), 'description', '')}{where}")
     elif args.what == "metrics":
         from bench.metrics import get_metric
 
@@ -255,6 +267,36 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, path in builtin_suites().items():
             description = tomllib.loads(path.read_text(encoding="utf-8")).get("description", "")
             print(f"{name:12s} {description}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from bench.data import load_dataset
+    from bench.data.describe import render, write_svg
+
+    target = Path(args.target)
+    if args.target in registry.datasets:
+        ds = load_dataset(args.target, data_options(args))
+    elif target.suffix or target.exists():
+        from bench.data.canonical import FileLoader, parse_source
+        from bench.data.dataset import ImplicitConfig
+
+        columns = {"user": "user", "item": "item"}
+        for part in filter(None, args.columns.split(",")):
+            key, sep, column = part.partition("=")
+            if not sep:
+                raise ConfigError(f"--columns: '{part}' is not KEY=COLUMN (e.g. user=customer_id)")
+            columns[key.strip()] = column.strip()
+        source = parse_source({"interactions": str(target), "columns": columns}, Path.cwd(), str(target))
+        ds = FileLoader(target.stem, source, str(target))(data_options(args), ImplicitConfig())
+    else:
+        available = registry.datasets.names()
+        raise ConfigError(f"'{args.target}' is neither a registered dataset nor a file; "
+                          f"{registry.suggest(args.target, available)}datasets: {', '.join(available)}")
+    print(render(ds))
+    if args.svg:
+        write_svg(ds, args.svg)
+        print(f"\nplot: {args.svg}")
     return 0
 
 
@@ -298,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         handler = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "gate": cmd_gate,
-                   "score": cmd_score}[args.command]
+                   "score": cmd_score, "data": cmd_data}[args.command]
         return handler(args)
     except UsageError as exc:
         print(exc, file=sys.stderr)

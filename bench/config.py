@@ -46,8 +46,8 @@ from bench.specs import (DEFAULT_SELECT_BY, DatasetSpec, EvaluationSpec, Executi
 _TOP = {"name": str, "description": str, "seeds": list, "device": str, "datasets": list, "splits": list,
         "models": list, "evaluation": dict, "execution": dict}
 _EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int, float)}
-_DATASET = {"name": str, "params": dict, "implicit": dict}
-_SPLIT = {"kind": str, "params": dict, "datasets": list}
+_DATASET = {"name": str, "params": dict, "implicit": dict, "source": dict}
+_SPLIT = {"kind": str, "params": dict, "datasets": list, "train": str, "test": str, "valid": str}
 _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str,
           "splits": list, "max_test_users": int}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
@@ -75,9 +75,12 @@ def _known(kind_registry: registry.Registry, name: str, where: str, source: str)
                           f"{suggest(name, names)}available: {', '.join(names)}")
 
 
-def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
-    """Validate a suite table and build the typed config."""
-    from bench.splits import SPLITS
+def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) -> SuiteConfig:
+    """Validate a suite table and build the typed config.
+
+    ``base_dir`` anchors relative data paths (the suite file's folder; default: the working directory).
+    """
+    from bench.splits import SPLITS, check_params
 
     _check_keys(raw, _TOP, "", source)
     _require(raw, "name", "the suite", source)
@@ -93,9 +96,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
 
     datasets = []
     for i, table in enumerate(raw["datasets"]):
-        _check_entry(table, "datasets", i, _DATASET, "name", source)
-        _known(registry.datasets, table["name"], f"datasets[{i}].name", source)
-        datasets.append(DatasetSpec(table["name"], dict(table.get("params", {})), dict(table.get("implicit", {}))))
+        datasets.append(_parse_dataset(table, i, source, base_dir or Path.cwd()))
 
     splits = []
     dataset_names = {d.name for d in datasets}
@@ -106,10 +107,21 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
             raise ConfigError(f"{source}: splits[{i}].kind = '{kind}' is unknown; {suggest(kind, list(SPLITS))}"
                               f"available: {', '.join(SPLITS)}")
         params = dict(table.get("params", {}))
+        files = {key: table[key] for key in ("train", "test", "valid") if key in table}
+        if files and kind != "given":
+            raise ConfigError(f"{source}: splits[{i}] has {', '.join(files)} files, which only kind = \"given\" takes")
+        params.update(files)
         unknown = sorted(set(params) - set(SPLITS[kind][1]))
         if unknown:
             raise ConfigError(f"{source}: splits[{i}].params has unknown key(s) {unknown} for kind '{kind}'; "
                               f"valid: {', '.join(sorted(SPLITS[kind][1]))}")
+        try:  # every parameter checked now, not after the cells before it have run
+            params = check_params(kind, params, base_dir or Path.cwd())
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: splits[{i}] (kind '{kind}'): {exc}") from None
+        if kind == "given" and table.get("datasets") is None and len(datasets) > 1:
+            raise ConfigError(f"{source}: splits[{i}] is a given split; say which dataset its files belong to "
+                              f"with datasets = [\"NAME\"]")
         only = table.get("datasets")
         if only is not None:
             for name in only:
@@ -163,6 +175,37 @@ def parse_suite(raw: dict[str, Any], source: str) -> SuiteConfig:
                        source=source)
 
 
+def _parse_dataset(table: Any, i: int, source: str, base_dir: Path) -> DatasetSpec:
+    """One ``[[datasets]]`` entry: a registered name, a user's files, or a stored ``source`` (resume)."""
+    from bench.data import canonical
+
+    where = f"{source}: datasets[{i}]"
+    if isinstance(table, dict) and (canonical.is_file_dataset(table) or table.get("source")):
+        _require(table, "name", f"datasets[{i}]", source)
+        name, stored = table["name"], dict(table.get("source", {}))
+        if stored.get("in_memory"):  # a DataFrame registered by bench.data.frames.register in this process
+            loader = registry.datasets.get(name) if name in registry.datasets else None
+            digest = getattr(getattr(loader, "dataset", None), "info", {}).get("content_sha256")
+            if digest != stored.get("content_sha256"):
+                raise ConfigError(f"{where}: dataset '{name}' was an in-memory DataFrame; register the same data "
+                                  f"again (bench.run(..., datasets=[ds])) to resume this run")
+            return DatasetSpec(name, {}, dict(table.get("implicit", {})), source=stored)
+        stored.pop("sha256", None)
+        spec = canonical.parse_source({k: v for k, v in table.items() if k != "source"} | stored, base_dir, where)
+        canonical.register_file_dataset(name, spec, where)
+        return DatasetSpec(name, {}, dict(table.get("implicit", {})), source=spec)
+    _check_entry(table, "datasets", i, _DATASET, "name", source)
+    table = {k: v for k, v in table.items() if k != "source"}  # an empty stored source: a registered dataset
+    _known(registry.datasets, table["name"], f"datasets[{i}].name", source)
+    params = dict(table.get("params", {}))
+    param_names = getattr(registry.datasets.get(table["name"]), "param_names", None)
+    unknown = sorted(set(params) - set(param_names)) if param_names is not None else []
+    if unknown:
+        raise ConfigError(f"{where}.params has unknown key '{unknown[0]}' for dataset '{table['name']}'; "
+                          f"{suggest(unknown[0], list(param_names))}valid: {', '.join(param_names) or '(none)'}")
+    return DatasetSpec(table["name"], params, dict(table.get("implicit", {})))
+
+
 def config_from_dict(stored: dict[str, Any], source: str) -> SuiteConfig:
     """Rebuild a config saved by :meth:`SuiteConfig.as_dict` (``config.json`` of a run), re-validated."""
 
@@ -175,7 +218,7 @@ def config_from_dict(stored: dict[str, Any], source: str) -> SuiteConfig:
         return value
 
     raw = drop_none({k: v for k, v in stored.items() if k != "source"})
-    return parse_suite(raw, source)
+    return parse_suite(raw, source, Path(source).parent)
 
 
 def expand_capability_selectors(tables: list[Any], source: str) -> list[Any]:
@@ -317,4 +360,4 @@ def load_suite(name_or_path: str) -> SuiteConfig:
         raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot be read ({exc})") from exc
-    return parse_suite(raw, source)
+    return parse_suite(raw, source, path.parent)

@@ -18,6 +18,8 @@ coverage@k      |union of all users' top-k| / |candidate items|  (one value, no 
 novelty@k       mean over the list of -log2((pop(i)+1)/(n_train_users+1)), pop = training users of i
 arp@k           mean training popularity (user count) of the listed items (lower = less popularity bias)
 ild@k           intra-list diversity: mean pairwise (1 - cosine) of the items' category vectors
+revenue@k       sum_{r<=k} hit(r) * value(item at r)   (needs item values, e.g. a price column)
+revenue_share@k revenue@k / sum of value(i) over T     (share of the user's test value recovered)
 ==============  =============================================================
 """
 
@@ -44,6 +46,8 @@ class EvalInputs:
     item_popularity: np.ndarray  # int [n_items] training users per item
     n_train_users: int
     item_categories: sp.csr_matrix | None  # [n_items, n_categories] or None
+    item_value: np.ndarray | None = None  # float [n_items] price / value per item (revenue metrics), or None
+    relevant_value: np.ndarray | None = None  # float [n_users] summed value of each user's test items
     # intermediate arrays shared by several metrics (hit counts, precision curves...), filled on first use
     cache: dict[Any, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -181,6 +185,37 @@ def intra_list_diversity(x: EvalInputs, k: int) -> np.ndarray:
     summed = membership @ unit
     total = np.einsum("ij,ij->i", summed, summed) - self_similarity[listed].sum(1)  # off-diagonal similarity
     return 1.0 - total / (k * (k - 1))
+
+
+def _listed_value(x: EvalInputs, k: int) -> np.ndarray:
+    assert x.item_value is not None
+    listed = x.items[:, :k]
+    return np.where(x.hits[:, :k], x.item_value[np.maximum(listed, 0)], 0.0).sum(1)
+
+
+@_register("revenue", True, needs="value", doc="summed item value (e.g. price) of the hits in the top-k")
+def revenue(x: EvalInputs, k: int) -> np.ndarray:
+    return _listed_value(x, k)
+
+
+@_register("revenue_share", True, needs="value", doc="revenue@k / the summed value of the user's test items")
+def revenue_share(x: EvalInputs, k: int) -> np.ndarray:
+    assert x.relevant_value is not None
+    return np.divide(_listed_value(x, k), x.relevant_value, out=np.zeros(x.n_users), where=x.relevant_value > 0)
+
+
+VALUE_METRICS = ("revenue", "revenue_share")  # scored by default when the dataset has item values
+
+
+def relevant_value(query_users: np.ndarray, test_users: np.ndarray, test_items: np.ndarray,
+                   item_value: np.ndarray, n_items: int) -> np.ndarray:
+    """Summed value of each query user's distinct test items (the denominator of revenue_share)."""
+    keys = np.unique(test_users.astype(np.int64) * n_items + test_items)
+    owners, items = np.divmod(keys, n_items)
+    mine = np.isin(owners, query_users)
+    owners, items = owners[mine], items[mine]
+    sums = np.bincount(np.searchsorted(query_users, owners), weights=item_value[items], minlength=len(query_users))
+    return sums[:len(query_users)]
 
 
 # -- named variants ------------------------------------------------------------
@@ -366,6 +401,8 @@ def compute(inputs: EvalInputs, metric_names: list[str], ks: list[int]) -> Metri
         metric = get_metric(name)
         if metric.needs == "categories" and (inputs.item_categories is None or inputs.item_categories.shape[1] == 0):
             continue  # the dataset has no categories: the metric is undefined, not zero
+        if metric.needs == "value" and (inputs.item_value is None or inputs.relevant_value is None):
+            continue  # no item values (no price column): revenue is undefined, not zero
         out = metric.fn(inputs, k)
         columns.append((name, k))
         if metric.per_user:

@@ -63,6 +63,13 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def replace(self, name: str, obj: T, origin: str) -> None:
+        """Register ``obj`` under ``name`` even if taken: a user's own dataset re-registered in a notebook."""
+        self._load_entry_points()
+        self._lazy.pop(name, None)
+        self._objects[name] = obj
+        self._origin[name] = origin
+
     def add_lazy(self, name: str, spec: str, origin: str = "builtin") -> None:
         """Register ``"module:attr"`` to be imported on first use."""
         self._check_free(name)

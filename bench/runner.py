@@ -29,6 +29,7 @@ from bench import grid, provenance, realtime, registry, systems
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.data.dataset import side_info, train_data  # noqa: F401  (re-exported: runner.train_data)
 from bench.execution import execute_cell, preload_for
+from bench.errors import BenchError
 from bench.protocol import Recommender, TrainData
 from bench.results import write_tables
 from bench.rundir import RunDir
@@ -127,9 +128,12 @@ def score_lists(items: np.ndarray, data: SegmentData, dataset: Dataset, populari
     cand = data.candidates
     n_candidates = (dataset.n_items if cand is None else len(cand) if np.ndim(cand) == 1
                     else np.unique(cand[cand >= 0]).size)
+    value = dataset.item_value
     inputs = metric_lib.EvalInputs(items=items, hits=hits, n_relevant=n_rel, n_candidates=n_candidates,
                                    item_popularity=popularity, n_train_users=n_train_users,
-                                   item_categories=dataset.item_categories)
+                                   item_categories=dataset.item_categories, item_value=value,
+                                   relevant_value=None if value is None else metric_lib.relevant_value(
+                                       data.users, data.test_users, data.test_items, value, dataset.n_items))
     return metric_lib.compute(inputs, metric_names, ks)
 
 
@@ -170,7 +174,8 @@ class CellRunner:
         self.dataset, self.dspec, self.split, self.sspec, self.train, self.seed = dataset, dspec, split, sspec, train, seed
         self.popularity = np.bincount(train.item, minlength=dataset.n_items)
         self.n_train_users = int(np.unique(train.user).size)
-        self.metric_names = config.evaluation.metrics or list(metric_lib.DEFAULT_METRICS)
+        self.metric_names = config.evaluation.metrics or list(metric_lib.DEFAULT_METRICS) + (
+            list(metric_lib.VALUE_METRICS) if dataset.item_value is not None else [])
         self.ks = sorted(config.evaluation.k)
 
     def base_row(self, mspec: ModelSpec, params: dict[str, Any], cid: str) -> dict[str, Any]:
@@ -318,6 +323,15 @@ class CellRunner:
 
 # -- the suite -----------------------------------------------------------------
 
+def save_id_maps(run_dir: Path, dataset: Dataset) -> None:
+    """``ids/<dataset>.npz``: the raw user and item id of every dense index, so the top-k files
+    (dense ids) can be read back in the data's own ids."""
+    from bench.rundir import atomic_write_npz
+
+    atomic_write_npz(run_dir / "ids" / f"{dataset.name}.npz", user_ids=np.asarray(dataset.user_ids).astype(str),
+                     item_ids=np.asarray(dataset.item_ids).astype(str))
+
+
 def plan_cells(config: SuiteConfig) -> list[tuple[DatasetSpec, int, SplitSpec, ModelSpec]]:
     cells = []
     for dspec in config.datasets:
@@ -368,6 +382,39 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     started = time.perf_counter()
     dataset_cache: dict[str, Dataset] = {}
     split_cache: dict[tuple[str, int, str], tuple[Split, TrainData]] = {}
+
+    def prepare(dspec: DatasetSpec, seed: int, sspec: SplitSpec) -> tuple[Dataset, Split, TrainData]:
+        """The cell's dataset and split, each built once and cached for the cells that share it."""
+        dkey = json.dumps(asdict(dspec), sort_keys=True, default=str)
+        if dkey not in dataset_cache:
+            try:
+                dataset_cache[dkey] = load_dataset(dspec.name, data, dspec.implicit, **dspec.params)
+            except BenchError as exc:  # the data's problem, told with the suite that asked for it
+                raise type(exc)(f"{config.source}: dataset '{dspec.name}': {exc}") from None
+            save_id_maps(run_dir, dataset_cache[dkey])
+            if dataset_cache[dkey].info.get("files_sha256") or dataset_cache[dkey].info.get("content_sha256"):
+                info = dataset_cache[dkey].info  # a user's own data: which bytes were benchmarked
+                prov.setdefault("datasets", {})[dspec.name] = {
+                    k: info[k] for k in ("files_sha256", "content_sha256", "conversion", "timestamp_unit",
+                                         "canonical_cache", "source") if k in info}
+                folder.write_provenance(prov)
+        dataset = dataset_cache[dkey]
+        skey = (dkey, seed, json.dumps({"kind": sspec.kind, "params": sspec.params}, sort_keys=True, default=str))
+        if skey not in split_cache:
+            try:
+                split = make_split(dataset, sspec.kind, seed, **sspec.params)
+            except BenchError as exc:
+                raise type(exc)(f"{config.source}: split '{sspec.kind}' on dataset '{dspec.name}': {exc}") from None
+            folder.splits.write_split(split.fingerprint, train=split.train, test=split.test, valid=split.valid,
+                                      history=split.history, cold_users=split.cold_users,
+                                      cold_items=split.cold_items)
+            split_cache[skey] = (split, train_data(dataset, split.train))
+        return (dataset, *split_cache[skey])
+
+    pending = [(d, seed, s) for d, seed, s, m in cells
+               if force or not folder.cell_done(cell_id(d, s, m, seed, config))]
+    for dspec, seed, sspec in pending:  # every data or split problem surfaces before the first cell runs
+        prepare(dspec, seed, sspec)
     try:
         for index, (dspec, seed, sspec, mspec) in enumerate(cells, 1):
             cid = cell_id(dspec, sspec, mspec, seed, config)
@@ -380,18 +427,7 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
                     failures.append(f"{label}: {info.get('error')}")
                 say(f"{label}: already done ({info.get('status')}), reused (--force re-runs it)")
                 continue
-            dkey = json.dumps(asdict(dspec), sort_keys=True, default=str)
-            if dkey not in dataset_cache:
-                dataset_cache[dkey] = load_dataset(dspec.name, data, dspec.implicit, **dspec.params)
-            dataset = dataset_cache[dkey]
-            skey = (dkey, seed, json.dumps({"kind": sspec.kind, "params": sspec.params}, sort_keys=True, default=str))
-            if skey not in split_cache:
-                split = make_split(dataset, sspec.kind, seed, **sspec.params)
-                folder.splits.write_split(split.fingerprint, train=split.train, test=split.test, valid=split.valid,
-                                          history=split.history, cold_users=split.cold_users,
-                                          cold_items=split.cold_items)
-                split_cache[skey] = (split, train_data(dataset, split.train))
-            split, train = split_cache[skey]
+            dataset, split, train = prepare(dspec, seed, sspec)
             cell_start = time.perf_counter()
             runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
             rows, info = execute_cell(runner, mspec, cid, config.execution)

@@ -167,6 +167,9 @@ class DatasetSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     implicit: dict[str, Any] = field(default_factory=dict)
+    # a user's own data (bench.data.canonical / frames): absolute file paths, column mapping, duplicates
+    # policy and the files' sha256, or {"in_memory": True, "content_sha256": ...}; {} for registered loaders
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

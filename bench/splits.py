@@ -21,7 +21,10 @@ Kinds (``kind`` in a suite file):
 - ``item_coldstart``: an ``item_fraction`` of items is removed from training
   (known only by side information); scored on their interactions by warm users,
   ranking among the cold items (``candidates = "cold"``) or the whole catalogue
-  (``candidates = "all"``).
+  (``candidates = "all"``);
+- ``given``: the user's own split: ``train``, ``test`` (and optional ``valid``)
+  files in the dataset's format and columns, matched to the dataset's rows by
+  (user, item) (:mod:`bench.data.given`).
 
 "First n" means in time order; data without timestamps (Last.fm) uses a seeded
 random order instead, recorded in the split's ``order`` field.
@@ -120,9 +123,86 @@ def make_split(dataset: Dataset, kind: str, seed: int, **params: Any) -> Split:
     rng = np.random.default_rng(seed)
     split = fn(dataset, rng, **full)
     split.kind, split.params, split.seed = kind, full, seed
+    if dataset.info.get("duplicates") == "keep":
+        _drop_repeats(split, dataset)
     check_leakage(split, dataset)
     split.fingerprint = fingerprint(split, dataset)
     return split
+
+
+def _drop_repeats(split: Split, dataset: Dataset) -> None:
+    """``duplicates = "keep"`` leaves repeated (user, item) rows: a test or validation row whose pair is
+    also in train is a re-consumption, not a prediction target; drop it and count it."""
+    train_pairs = dataset.user[split.train].astype(np.int64) * dataset.n_items + dataset.item[split.train]
+    for name in ("test", "valid"):
+        rows = getattr(split, name)
+        pairs = dataset.user[rows].astype(np.int64) * dataset.n_items + dataset.item[rows]
+        repeat = np.isin(pairs, train_pairs)
+        if repeat.any():
+            setattr(split, name, rows[~repeat])
+            split.stats[f"{name}_repeats_of_train_dropped"] = int(repeat.sum())
+    if split.valid.size:
+        valid_pairs = dataset.user[split.valid].astype(np.int64) * dataset.n_items + dataset.item[split.valid]
+        test_pairs = dataset.user[split.test].astype(np.int64) * dataset.n_items + dataset.item[split.test]
+        split.valid = split.valid[~np.isin(valid_pairs, test_pairs)]
+
+
+# -- parameter checks (before anything runs) -------------------------------------
+
+def _int_at_least(low: int) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} = {value!r} must be an integer >= {low}")
+        return value
+    return check
+
+
+def _unit_interval(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} = {value!r} must be a number strictly between 0 and 1")
+    return _fraction(name, value)
+
+
+def _boolean(name: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} = {value!r} must be true or false")
+    return value
+
+
+def _shots(name: str, value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or not value or \
+            not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise ConfigError(f"{name} = {value!r} must be a non-empty list of integers >= 0, e.g. [0, 1, 3]")
+    return value
+
+
+def _candidates(name: str, value: Any) -> Any:
+    if value not in ("cold", "all"):
+        raise ConfigError(f"{name} = {value!r} must be \"cold\" or \"all\"")
+    return value
+
+
+PARAM_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "test_fraction": _unit_interval, "user_fraction": _unit_interval, "item_fraction": _unit_interval,
+    "min_user_interactions": _int_at_least(1), "test_items": _int_at_least(1), "min_test": _int_at_least(0),
+    "validation": _boolean, "shots": _shots, "candidates": _candidates,
+}
+
+
+def check_params(kind: str, params: dict[str, Any], base_dir: Any = None) -> dict[str, Any]:
+    """Check every parameter of a split table without data; returns the params to store.
+
+    Data-dependent checks (enough users for the cold fraction, a non-empty test set)
+    happen when the split is built, which the runner does before the first cell.
+    """
+    if kind == "given":
+        from bench.data.given import check_given_params
+
+        return check_given_params(params, base_dir)
+    for name, value in params.items():
+        if name in PARAM_CHECKS:
+            PARAM_CHECKS[name](name, value)
+    return params
 
 
 # -- helpers -------------------------------------------------------------------
@@ -289,6 +369,17 @@ def item_coldstart(dataset: Dataset, rng: np.random.Generator, item_fraction: fl
                  stats={"dropped_users_without_training": int((is_cold & ~known_users[dataset.user]).sum())})
 
 
+@split_kind("given", train="", test="", valid="", sha256={})
+def given(dataset: Dataset, rng: np.random.Generator, train: str, test: str, valid: str,
+          sha256: dict[str, str]) -> Split:
+    """The user's own train/test(/valid) files (bench.data.given)."""
+    from bench.data.given import given_rows
+
+    rows, stats = given_rows(dataset, {"train": train, "test": test, "valid": valid})
+    return Split("given", {}, 0, train=rows["train"], test=rows["test"], valid=rows.get("valid", EMPTY),
+                 order="given", stats=stats)
+
+
 # -- checks --------------------------------------------------------------------
 
 def check_leakage(split: Split, dataset: Dataset) -> None:
@@ -330,6 +421,8 @@ def fingerprint(split: Split, dataset: Dataset) -> str:
         identity["seed"] = split.seed
     digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
     digest.update(data_digest(dataset).encode())
+    if dataset.info.get("files_sha256"):  # a user's files: their content, as the canonical cache keys them
+        digest.update(json.dumps(dataset.info["files_sha256"], sort_keys=True).encode())
     for array in (split.train, split.test, split.valid, split.history, split.cold_users, split.cold_items):
         digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
         digest.update(b"|")

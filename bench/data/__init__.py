@@ -12,7 +12,8 @@ from bench.data.parsers import PARSERS
 from bench.data import synthetic
 from bench.errors import ConfigError
 
-__all__ = ["Dataset", "DataOptions", "ImplicitConfig", "load_dataset", "CardLoader", "SyntheticLoader"]
+__all__ = ["Dataset", "DataOptions", "ImplicitConfig", "load_dataset", "CardLoader", "SyntheticLoader",
+           "dataset_from_frame", "register"]
 
 
 class CardLoader:
@@ -70,6 +71,20 @@ def implicit_config(name: str, overrides: dict[str, Any] | None) -> ImplicitConf
     if unknown:
         raise ConfigError(f"dataset '{name}': unknown implicit option(s) {unknown}; valid: min_value, weight")
     return ImplicitConfig(**merged)
+
+
+def dataset_from_frame(*args: Any, **kwargs: Any) -> Dataset:
+    """See :func:`bench.data.frames.dataset_from_frame`."""
+    from bench.data.frames import dataset_from_frame as build
+
+    return build(*args, **kwargs)
+
+
+def register(ds: Dataset) -> Any:
+    """See :func:`bench.data.frames.register`."""
+    from bench.data.frames import register as put
+
+    return put(ds)
 
 
 def load_dataset(name: str, options: DataOptions | None = None, implicit: dict[str, Any] | None = None,

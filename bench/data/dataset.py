@@ -18,6 +18,10 @@ import scipy.sparse as sp
 from bench.errors import ConfigError
 from bench.protocol import SideInfo, TrainData
 
+# What happens to repeated (user, item) rows: keep the latest, the earliest, sum their values
+# (timestamp = the latest), or keep every row (repeat consumption; see bench.splits.make_split).
+DUPLICATE_POLICIES = ("last", "first", "sum", "keep")
+
 
 @dataclass(frozen=True)
 class ImplicitConfig:
@@ -62,6 +66,7 @@ class Dataset:
     user_features: sp.csr_matrix | None = None
     user_feature_names: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # card metadata, conversion, counts
+    item_value: np.ndarray | None = None  # float64 [n_items] price / value per item (revenue metrics), if known
 
     @property
     def n_users(self) -> int:
@@ -124,6 +129,7 @@ def build_dataset(
     implicit: ImplicitConfig,
     users: pd.DataFrame | None = None,
     info: dict[str, Any] | None = None,
+    duplicates: str | None = None,
 ) -> Dataset:
     """Encode raw frames into a :class:`Dataset`.
 
@@ -131,17 +137,24 @@ def build_dataset(
     ``items``: indexed by raw item id with columns ``text`` (str), ``categories``
     (list[str]) and ``tokens`` (list[str], extra feature tokens such as tags).
     ``users``: indexed by raw user id with a ``features`` column (list[str]).
-    Duplicate (user, item) pairs keep their latest interaction.
+    An optional numeric ``value`` column of ``items`` becomes ``item_value``.
+    Duplicate (user, item) pairs follow ``duplicates`` (one of :data:`DUPLICATE_POLICIES`);
+    ``None`` is the cards' rule, "last", left out of the recorded conversion.
     """
     df = interactions
+    policy = duplicates or "last"
+    has_ts = "timestamp" in df.columns
+    if policy == "sum":  # summed before the threshold: three purchases of one unit count as 3
+        df = df.assign(value=df.groupby(["user", "item"], sort=False)["value"].transform("sum"))
     if implicit.min_value is not None:
         df = df[df["value"] >= implicit.min_value]
-    has_ts = "timestamp" in df.columns
     if has_ts:
         df = df.sort_values(["timestamp"], kind="stable")
-    df = df.drop_duplicates(["user", "item"], keep="last")
+    if policy != "keep":
+        df = df.drop_duplicates(["user", "item"], keep="first" if policy == "first" else "last")
     if df.empty:
-        raise ConfigError(f"dataset '{name}': no interaction left after conversion ({implicit.describe()})")
+        raise ConfigError(f"dataset '{name}': no interaction left after conversion ({implicit.describe()}); "
+                          f"lower implicit.min_value or check the value column")
 
     user_codes, user_ids = pd.factorize(df["user"], sort=True)
     item_codes, item_ids = pd.factorize(df["item"], sort=True)
@@ -168,8 +181,12 @@ def build_dataset(
         lists = [f if isinstance(f, list) else [] for f in user_meta["features"]]
         user_features, user_feature_names = _one_hot(lists)
 
+    item_value = None
+    if "value" in item_meta.columns:
+        item_value = item_meta["value"].to_numpy(np.float64, na_value=0.0)  # items without a row: no value
+
     meta = dict(info or {})
-    meta["conversion"] = implicit.describe()
+    meta["conversion"] = implicit.describe() + (f"; duplicates={duplicates}" if duplicates else "")
     return Dataset(
         name=name,
         user=user_codes.astype(np.int32),
@@ -187,6 +204,7 @@ def build_dataset(
         user_features=user_features,
         user_feature_names=user_feature_names,
         info=meta,
+        item_value=item_value,
     )
 
 

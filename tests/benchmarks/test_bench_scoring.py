@@ -38,6 +38,7 @@ class Case:
     n_train_users: int
     categories: object
     names: list[str]
+    item_value: np.ndarray  # a made-up price per item, for revenue@k and revenue_share@k
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +57,15 @@ def case(ml100k) -> Case:
     names = [n for n in registry.metrics.names() if isinstance(registry.metrics.get(n), M.Metric)]
     return Case(users, np.asarray(items), ml100k.user[split.test], ml100k.item[split.test], ml100k.n_items,
                 np.bincount(train.item, minlength=ml100k.n_items), int(np.unique(train.user).size),
-                ml100k.item_categories, names)
+                ml100k.item_categories, names, np.random.default_rng(0).uniform(1.0, 50.0, ml100k.n_items))
 
 
 def bench_scoring(c: Case) -> M.MetricTable:
     """What the runner does per segment: hit matrix, then every metric and variant in one pass."""
     hits, n_rel = M.hit_matrix(c.items, c.users, c.test_users, c.test_items, c.n_items)
-    inputs = M.EvalInputs(c.items, hits, n_rel, c.n_items, c.popularity, c.n_train_users, c.categories)
+    inputs = M.EvalInputs(c.items, hits, n_rel, c.n_items, c.popularity, c.n_train_users, c.categories,
+                          item_value=c.item_value,
+                          relevant_value=M.relevant_value(c.users, c.test_users, c.test_items, c.item_value, c.n_items))
     return M.compute(inputs, c.names, [K])
 
 
@@ -88,6 +91,7 @@ def numpy_reference(c: Case) -> dict[str, np.ndarray]:
     summed = vectors.sum(1)
     ndcg = hits @ log2_discount / np.cumsum(log2_discount)[ideal_n]
     recall = n_hits / n_rel
+    revenue = (hits * c.item_value[top]).sum(1)
     ap_min = ap_sum / np.minimum(n_rel, K)
     return {
         "precision": n_hits / K, "recall": recall, "recall[denominator=test]": recall,
@@ -102,6 +106,7 @@ def numpy_reference(c: Case) -> dict[str, np.ndarray]:
         "novelty": (-np.log2((c.popularity[top] + 1) / (c.n_train_users + 1))).mean(1),
         "arp": c.popularity[top].mean(1),
         "ild": 1 - ((summed * summed).sum(1) - (vectors * vectors).sum((1, 2))) / (K * (K - 1)),
+        "revenue": revenue, "revenue_share": revenue / (relevant * c.item_value).sum(1),
     }
 
 
