@@ -167,8 +167,8 @@ def save_canonical(ds: Dataset, folder: Path) -> None:
 def load_canonical(folder: Path) -> Dataset:
     """A Dataset whose arrays are memory-mapped from ``folder``."""
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") if (folder / f"{name}.npy").is_file() else None
-              for name in _ARRAYS}
+    arrays = {name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="r")
+              if (folder / f"{name}.npy").is_file() else None for name in _ARRAYS}
     matrices = {name: sp.load_npz(folder / f"{name}.npz").tocsr() if (folder / f"{name}.npz").is_file() else None
                 for name in _MATRICES}
     info = meta["info"] | {"canonical_cache": str(folder)}

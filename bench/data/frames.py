@@ -393,7 +393,7 @@ def register(ds: Dataset) -> Any:
     The entry's ``source`` carries the content hash, so run keys and cell ids
     change whenever the data does.
     """
-    from bench.config import DatasetSpec
+    from bench.specs import DatasetSpec
 
     if not isinstance(ds, Dataset):
         raise ConfigError(f"register() takes a bench Dataset (from bench.dataset_from_frame), got {type(ds).__name__}")
