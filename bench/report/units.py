@@ -15,18 +15,19 @@ DIGITS = 3
 _BIG = ((1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
-def number(value: float | None, digits: int = DIGITS) -> str:
-    """``0.303``, ``5.21``, ``150``, ``18.4k``, ``2.1M``; ``–`` for missing; plain decimals, never ``1e+04``."""
+def number(value: float | None, digits: int = DIGITS, integers: bool = True) -> str:
+    """``0.303``, ``5.21``, ``150``, ``18.4k``, ``2.1M``; ``–`` for missing; plain decimals, never ``1e+04``.
+    A whole number below 1000 prints as one (``40`` updates) unless ``integers`` is off (scaled units)."""
     if value is None or not math.isfinite(value):
         return "–"
     if value == 0:
         return "0"
     size = abs(value)
-    if size < 1000 and float(value).is_integer():
+    if integers and size < 1000 and float(value).is_integer():
         return str(int(value))  # counts: 40, not 40.0
     for scale, suffix in _BIG:
         if size >= scale * (1 - 0.5 * 10 ** -digits):
-            return number(value / scale, digits) + suffix
+            return number(value / scale, digits, integers=False) + suffix
     magnitude = math.floor(math.log10(size))
     if magnitude < -4:
         return f"{value:.{digits - 1}e}"
@@ -47,8 +48,8 @@ def seconds(value: float | None) -> str:
     for limit, scale, unit in ((1e-6, 1e-9, "ns"), (1e-3, 1e-6, "µs"), (1.0, 1e-3, "ms"), (60.0, 1.0, "s"),
                                (3600.0, 60.0, "min")):
         if size < limit * (1 - 0.5 * 10 ** -DIGITS):
-            return f"{number(value / scale)} {unit}"
-    return f"{number(value / 3600.0)} h"
+            return f"{number(value / scale, integers=False)} {unit}"
+    return f"{number(value / 3600.0, integers=False)} h"
 
 
 def milliseconds(value: float | None) -> str:
@@ -67,7 +68,7 @@ def size_bytes(value: float | None) -> str:
         return "–"
     for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
         if abs(value) >= scale:
-            return f"{number(value / scale)} {unit}"
+            return f"{number(value / scale, integers=False)} {unit}"
     return f"{value:.0f} B"
 
 
