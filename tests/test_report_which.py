@@ -136,7 +136,8 @@ def test_choices_per_latency_budget(budget_run: Path) -> None:
     assert le1.best == [] and le1.sampled_only == ["sample"] and "only sampled models" in le1.why
     assert set(le1.over_budget) == {"best", "close", "floor"}
     # <= 10 ms: close wins; floor is significantly worse; the sample is tested against close on its 20 users
-    assert le10.best == ["close"] and le10.over_budget == ["best"] and "best (50.0 ms)" in le10.why
+    assert le10.best == ["close"] and le10.over_budget == ["best"] and "better but over budget: best (50.0 ms)" in le10.why
+    assert "3 models over budget" in le1.why  # nobody in budget: counted, not listed
     close = np.array([0.0, 0.0] + [1.0] * 28 + [0.0] * 10)
     sample = np.array([0.0] + [1.0] * 19)
     raw_sample = ttest_rel(close[:20], sample).pvalue

@@ -33,7 +33,8 @@ def which_model_markdown(which: WhichModel) -> list[str]:
              f"Best {md_escape(which.metric)} among the models meeting each p99 single-request latency budget, "
              f"with its 95% CI; then why: models within noise (same paired test as the leaderboards), sampled, "
              f"over budget, not served."]
-    lines += [f"_{md_escape(note)}_" for note in which.notes]
+    for note in which.notes:
+        lines += ["", f"_{md_escape(note)}_"]
     if which.rows:
         lines += ["", "| situation | " + " | ".join(md_escape(t[1]) for t in which.tiers) + " |",
                   "|---|" + "---|" * len(which.tiers)]

@@ -61,6 +61,7 @@ class Choice:
     notes: dict[str, str] = field(default_factory=dict)  # model -> "n = 50" for sampled models
     others_scored: int = 0  # how many other fully scored models were compared with the best
     p99: dict[str, float] = field(default_factory=dict)  # measured p99 (ms) of the models on this board
+    better_over_budget: list[str] = field(default_factory=list)  # over budget with a better mean than the choice
 
     @property
     def headline(self) -> str:
@@ -102,9 +103,14 @@ class Choice:
                          f"{scope}" if self.others_scored else f"the only model{scope}")
         if self.best and self.sampled_only:
             parts.append(f"sampled, not eligible: {named(self.sampled_only)}")
-        if self.over_budget:
-            parts.append("over budget: " + ", ".join(f"{m} ({units.milliseconds(self.p99[m])})"
-                                                     for m in self.over_budget))
+        if self.over_budget:  # name those that would have been better; count the rest
+            named_over = [m for m in self.over_budget if m in self.better_over_budget] if self.best else []
+            rest = len(self.over_budget) - len(named_over)
+            if named_over:
+                parts.append("better but over budget: " + ", ".join(f"{m} ({units.milliseconds(self.p99[m])})"
+                                                                   for m in named_over))
+            if rest:
+                parts.append(f"{rest} {'more ' if named_over else ''}model{'s' if rest > 1 else ''} over budget")
         if self.unmeasured and self.budget_ms is not None:
             parts.append(f"latency not measured: {', '.join(self.unmeasured)}")
         if self.not_served:
@@ -197,6 +203,9 @@ def _choose(board: Leaderboard, column: str, budget: float | None, p99: dict[str
     choice.within_noise = [m for m in eligible if cells[(m, column)].tied]
     choice.sampled_only = [m for m in eligible if m in board.sampled and not cells[(m, column)].tied]
     choice.others_scored = len([m for m in eligible if m not in choice.best and m not in board.sampled])
+    sign = 1.0 if col.higher_is_better else -1.0
+    choice.better_over_budget = [m for m in choice.over_budget
+                                 if sign * board.cell(m, column).value > sign * choice.cell.value]
     return choice
 
 
