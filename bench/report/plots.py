@@ -238,10 +238,9 @@ def coldstart_plots(run: RunData, metric: str, styles: dict[str, Style]) -> tupl
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         caption = ("How fast each model learns a new user: mean over cold users (95% bootstrap band) against the "
-                   "number of history items it was given; a model that cannot serve a level has no point there "
-                   "(it is not zero).")
-        if warm is not None:
-            caption += " Dotted lines: the same model on warm users (random split), for reference."
+                   "number of history items it was given, no point where a model cannot serve a level (it is not "
+                   "zero)" + (", and a dotted line at the same model's score on warm users (random split)."
+                              if warm is not None else "."))
         plots.append(Plot(f"{dataset} · user cold-start ({split} split)", to_uri(fig),
                           f"{metric} against number of history items for cold users on {dataset}", caption))
     if shots_rows.empty:
@@ -376,9 +375,9 @@ def realtime_plots(run: RunData, styles: dict[str, Style]) -> tuple[list[Plot], 
             fig.tight_layout()
             plots.append(Plot(f"{dataset} · hit rate over the replay, one panel per model", to_uri(fig),
                               f"hit rate over replay time, one panel per model, on {dataset}",
-                              "Does updating keep a model fresh? Each panel is one model (moving-window hit rate "
-                              "over the events after the time cut, same y-axis everywhere); line styles are "
-                              "update policies, and a line above “static” is what updating buys."))
+                              "Whether updating keeps a model fresh: each panel is one model's moving-window hit "
+                              "rate over the events after the time cut (same y-axis everywhere), one line style "
+                              "per update policy, and a line above “static” is what updating buys."))
         # -- freshness versus update cost
         ok = sub[sub["status"] == "ok"]
         rate = ok[ok["metric"] == "prequential_hit_rate"].groupby(["model", "segment"])["value"].mean()
@@ -420,8 +419,8 @@ def realtime_plots(run: RunData, styles: dict[str, Style]) -> tuple[list[Plot], 
         table = FigureTable("every point", ["model", "policy", f"hit rate@{k}", "update time", "frontier #"], rows)
         plots.append(Plot(f"{dataset} · freshness versus update cost", to_uri(fig),
                           f"prequential hit rate against total update time per model and policy on {dataset}",
-                          "Which update policy is worth its cost? One point per model and policy; up and to the "
-                          "left is better; only the points on the dashed frontier (outlined) are labelled, by "
+                          "Which update policy is worth its cost: one point per model and policy, up and to the "
+                          "left is better, and only the points on the dashed frontier (outlined) are labelled, by "
                           "their number in the table beside, which lists every point.", table))
     return plots, []
 
