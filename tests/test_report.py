@@ -563,7 +563,7 @@ def test_report_renders_in_headless_chromium(tiny_run: Path, tmp_path: Path) -> 
     from bench.report.style import run_styles
 
     styles = run_styles(load_run(tiny_run))
-    for style in [s for m, s in styles.items() if m != HOSTILE_MODEL]:  # the failing model draws nothing  # the models' plot colours are painted
+    for style in [s for m, s in styles.items() if m != HOSTILE_MODEL]:  # the failing model draws nothing
         colour = tuple(int(style.color[i:i + 2], 16) for i in (1, 3, 5))
         assert (np.abs(pixels - colour).max(1) < 10).sum() > 200, (style, colour)
 

@@ -229,7 +229,8 @@ def coldstart_plots(run: RunData, metric: str, styles: dict[str, Style]) -> tupl
                 if np.isfinite(low).all() and np.isfinite(high).all():
                     ax.fill_between(xs, low, high, color=color, alpha=0.10, linewidth=0)
             else:
-                ax.plot([], [], color=color, marker=marker, markersize=MARKER_SIZE, label=plain(model) + "  (not served)")
+                ax.plot([], [], color=color, marker=marker, markersize=MARKER_SIZE,
+                        label=plain(model) + "  (not served)")
             if warm is not None and model in warm.index:
                 ax.axhline(warm[model], color=color, linestyle=":", linewidth=0.9, alpha=0.7)
         ax.set_xticks(levels)

@@ -152,4 +152,5 @@ def by_family(styles: dict[str, Style], order: list[str]) -> list[dict[str, Any]
             if any(m in styles and styles[m].family == f for m in order)]
 
 
-__all__ = ["FAMILIES", "GLYPHS", "by_family", "MARKERS", "PALETTES", "Style", "model_family", "model_styles", "run_styles"]
+__all__ = ["FAMILIES", "GLYPHS", "MARKERS", "PALETTES", "Style", "by_family", "model_family", "model_styles",
+           "run_styles"]

@@ -173,7 +173,8 @@ def _p99(latency: pd.Series, board: Leaderboard, model: str) -> float | None:
 def _choose(board: Leaderboard, column: str, budget: float | None, p99: dict[str, float | None]) -> Choice:
     choice = Choice(budget)
     col = board.column(column)
-    ok = [m for m in board.models if board.cell(m, column).status == "ok" and math.isfinite(board.cell(m, column).value)]
+    ok = [m for m in board.models
+          if board.cell(m, column).status == "ok" and math.isfinite(board.cell(m, column).value)]
     choice.not_served = [m for m in board.models if board.cell(m, column).status == "unsupported"]
     choice.failed = [m for m in board.models if board.cell(m, column).status == "failed"]
     choice.notes = {m: board.model_note(m) for m in board.sampled}
