@@ -116,7 +116,7 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
     in_overview = {m for v in verdicts for m in v.board.models}
     return {
         "h": header(run), "boards": boards, "metric": metric, "verdicts": verdicts,
-        "which": which_model(run, boards, metric), "styles": styles, "glyphs": GLYPHS,
+        "which": which_model(run, boards, metric), "verdict_of": {v.board.anchor: v for v in verdicts}, "styles": styles, "glyphs": GLYPHS,
         "families": by_family(styles, run.model_order()), "fold_rows": FOLD_ROWS,
         "overview_models": [m for m in run.model_order() if m in in_overview],
         "method": tables.SIGNIFICANCE_METHOD, "alpha": tables.ALPHA, "compare": compare,
