@@ -84,7 +84,8 @@ def test_declared_family_wins_over_the_table() -> None:
 N = 40
 
 
-def _write_run(run_dir: Path, models: dict[str, tuple[np.ndarray | None, float | None, np.ndarray | None]]) -> Path:
+def _write_run(run_dir: Path, models: dict[str, tuple[np.ndarray | None, float | None, np.ndarray | None]],
+               model_name: str = "pop") -> Path:
     """One warm segment: ``model -> (per-user ndcg@10 or None = not served, p99 ms, users scored or all)``."""
     rows = []
     for index, (model, (values, p99, users)) in enumerate(models.items()):
@@ -92,7 +93,7 @@ def _write_run(run_dir: Path, models: dict[str, tuple[np.ndarray | None, float |
         users = np.arange(N) if users is None else users
         base = {"run_id": "hand", "suite": "hand", "dataset": "toy", "conversion": "", "split": "random",
                 "split_params": "{}", "split_fingerprint": "fp", "protocol": "full", "seed": 0, "model": model,
-                "model_name": "pop", "params": "{}", "segment": "all", "cell_id": cid}
+                "model_name": model_name, "params": "{}", "segment": "all", "cell_id": cid}
         if values is None:
             rows.append(base | {"metric": "ndcg", "k": 10, "value": float("nan"), "ci_low": float("nan"),
                                 "ci_high": float("nan"), "n": 0, "status": "unsupported"})
@@ -201,3 +202,20 @@ def test_update_policy_choice_hand_worked(tmp_path: Path) -> None:
     assert choice.cheapest == "retrain/every=100" and choice.cheapest_cost == 0.5
     assert "500 ms of updates instead of 2.00 s" in choice.why and "(10 replay blocks)" in choice.why
     assert json.loads((run_dir / "cells" / "c0" / "realtime.json").read_text())  # the curves were read, not rebuilt
+
+
+def test_a_registered_plugin_family_is_read(tmp_path: Path) -> None:
+    """A plug-in model the built-in table does not know declares ``family`` as a class attribute."""
+    from baselines.simple import Pop
+    from bench import registry
+    from bench.report.style import run_styles
+
+    class Graph(Pop):
+        name = "report-test-graph"
+        family = "neural"
+
+    if Graph.name not in registry.models.names():
+        registry.models.register(Graph.name, Graph)
+    run_dir = _write_run(tmp_path / "run", {"g": (np.ones(N), None, None)}, model_name=Graph.name)
+    styles = run_styles(load_run(run_dir))
+    assert styles["g"].family == "neural" and styles["g"].color in PALETTES["neural"]

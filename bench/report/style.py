@@ -142,8 +142,21 @@ def run_styles(run: Any, other: Any = None) -> dict[str, Style]:
         names = dict(zip(frame["model"], frame["model_name"])) if len(frame) else {}
         declared = {c.get("model"): (c.get("model_description") or {}).get("family") for c in data.cells.values()}
         for label in data.model_order():
-            models[label] = (str(names.get(label, label)), declared.get(label))
+            name = str(names.get(label, label))
+            models[label] = (name, declared.get(label) or _registered_family(name))
     return model_styles(models)
+
+
+def _registered_family(name: str) -> str | None:
+    """The ``family`` class attribute of a registered model the built-in table does not know (a plug-in)."""
+    if name.lower() in KNOWN:
+        return None  # no import needed: the table decides unless the run recorded a family
+    try:
+        from bench import registry
+
+        return getattr(registry.models.get(name), "family", None)
+    except Exception:  # noqa: BLE001 - a report is still written when a plug-in is not installed here
+        return None
 
 
 def by_family(styles: dict[str, Style], order: list[str]) -> list[dict[str, Any]]:
