@@ -210,9 +210,12 @@ def test_a_registered_plugin_family_is_read(tmp_path: Path) -> None:
     from bench import registry
     from bench.report.style import run_styles
 
+    from bench.protocol import Capabilities
+
     class Graph(Pop):
         name = "report-test-graph"
         family = "neural"
+        capabilities = Capabilities()  # no optional capability: suites selecting by capability never pick it
 
     if Graph.name not in registry.models.names():
         registry.models.register(Graph.name, Graph)
