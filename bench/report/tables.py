@@ -735,8 +735,8 @@ def model_details(run: RunData) -> list[ModelDetail]:
                                  for name, s in sorted(segs.items(), key=lambda kv: segment_sort_key(kv[0])))
             cell_details.append(CellDetail(str(c.get("dataset")), str(c.get("split")), int(c.get("seed", 0)),
                                            str(c.get("status", "?")),
-                                           units.seconds(c["fit_seconds"]) if isinstance(c.get("fit_seconds"), (int, float))
-                                           else "–", seg_text, str(c.get("error") or ""),
+                                           units.seconds(c["fit_seconds"])
+                                           if isinstance(c.get("fit_seconds"), (int, float)) else "–", seg_text, str(c.get("error") or ""),
                                            str(c.get("traceback") or "")))
         if not cell_details:  # no cell.json (copied table only): fall back on the table's error rows
             for r in rows[rows["metric"] == "error"].itertuples():
