@@ -28,6 +28,7 @@ from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 from bench.report import units
 from bench.report.rundata import RunData
 from bench.report.style import Style
+from bench.report.which_model import policy_sort_key
 from bench.report.tables import (THROUGHPUT_PREFIX, FigureTable, split_rank, fmt, metric_direction,
                                  segment_sort_key)
 
@@ -339,8 +340,7 @@ def realtime_plots(run: RunData, styles: dict[str, Style]) -> tuple[list[Plot], 
         return [], ["no real-time replay in this run (the `realtime` suite, on a temporal split, produces one)"]
     plots = []
     for dataset, sub in replay.groupby("dataset"):
-        policies = sorted({s.split(":", 1)[1] for s in sub["segment"]},
-                          key=lambda p: (p.split("/")[0] != "static", p.split("/")[0], _every(p)))
+        policies = sorted({s.split(":", 1)[1] for s in sub["segment"]}, key=policy_sort_key)
         k = int(sub[sub["metric"] == "prequential_hit_rate"]["k"].max() or 0)
         models = [m for m in run.model_order() if m in set(sub["model"])]
         # -- small multiples: one panel per model, a common y-axis
@@ -425,11 +425,6 @@ def realtime_plots(run: RunData, styles: dict[str, Style]) -> tuple[list[Plot], 
                           "their number in the table beside, which lists every point.", table))
     return plots, []
 
-
-def _every(policy: str) -> int:
-    """The ``every=N`` of a policy label (0 for ``static``), for ordering policies by update frequency."""
-    _, _, tail = policy.partition("every=")
-    return int(tail) if tail.isdigit() else 0
 
 
 __all__ = ["Plot", "coldstart_plots", "model_gid", "pareto_front", "realtime_plots", "tradeoff_plots"]

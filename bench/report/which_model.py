@@ -275,6 +275,12 @@ class PolicyChoice:
         return "; ".join(parts) + (f" ({self.blocks} replay blocks)" if self.tested else "")
 
 
+def policy_sort_key(policy: str) -> tuple[bool, str, int]:
+    """``static`` first, then each policy kind by how often it updates (``every=250`` before ``every=2500``)."""
+    kind, _, tail = policy.partition("/every=")
+    return (kind != "static", kind, int(tail) if tail.isdigit() else 0)
+
+
 def _block_rates(run: RunData, cell_ids: list[str]) -> dict[str, np.ndarray]:
     """policy -> per-block hit rates, blocks of every seed's cell concatenated in the same order."""
     out: dict[str, list[np.ndarray]] = {}
@@ -300,7 +306,8 @@ def policy_choices(run: RunData) -> list[PolicyChoice]:
             ok = msub[msub["status"] == "ok"]
             rate = ok[ok["metric"] == "prequential_hit_rate"].groupby("segment")["value"].mean()
             cost = ok[ok["metric"] == "update_seconds_total"].groupby("segment")["value"].mean()
-            policies = [s for s in rate.index if s in cost.index]
+            policies = sorted((s for s in rate.index if s in cost.index),
+                              key=lambda s: policy_sort_key(s.split(":", 1)[1]))
             not_served = sorted({s.split(":", 1)[1] for s in msub[msub["status"] == "unsupported"]["segment"]}
                                 - {p.split(":", 1)[1] for p in policies})
             if not policies:
@@ -332,5 +339,5 @@ def policy_choices(run: RunData) -> list[PolicyChoice]:
     return out
 
 
-__all__ = ["Choice", "PolicyChoice", "Situation", "TIERS", "WhichModel", "policy_choices", "situation_label",
-           "which_model"]
+__all__ = ["Choice", "PolicyChoice", "Situation", "TIERS", "WhichModel", "policy_choices", "policy_sort_key",
+           "situation_label", "which_model"]
