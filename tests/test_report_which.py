@@ -94,9 +94,9 @@ def _write_run(run_dir: Path, models: dict[str, tuple[np.ndarray | None, float |
         base = {"run_id": "hand", "suite": "hand", "dataset": "toy", "conversion": "", "split": "random",
                 "split_params": "{}", "split_fingerprint": "fp", "protocol": "full", "seed": 0, "model": model,
                 "model_name": model_name, "params": "{}", "segment": "all", "cell_id": cid}
-        if values is None:
+        if values is None or isinstance(values, str):  # not served, or another non-ok status by name
             rows.append(base | {"metric": "ndcg", "k": 10, "value": float("nan"), "ci_low": float("nan"),
-                                "ci_high": float("nan"), "n": 0, "status": "unsupported"})
+                                "ci_high": float("nan"), "n": 0, "status": values or "unsupported"})
         else:
             atomic_write_npz(run_dir / "cells" / cid / "per_user-all.npz", users=users, values=values[:, None],
                              columns=np.array(["ndcg@10"]))
@@ -158,12 +158,14 @@ def test_choices_per_latency_budget(budget_run: Path) -> None:
 
 
 def test_no_latency_measured_shows_only_any(tmp_path: Path) -> None:
-    run_dir = _write_run(tmp_path / "run", {"a": (np.ones(N), None, None), "b": (np.zeros(N), None, None)})
+    run_dir = _write_run(tmp_path / "run", {"a": (np.ones(N), None, None), "b": (np.zeros(N), None, None),
+                                            "two-stage": ("first_stage", None, None)})
     run = load_run(run_dir)
     which = which_model(run, tables.leaderboards(run), "ndcg@10")
     assert [t[1] for t in which.tiers] == ["any latency"] and "no single-request latency" in which.notes[0]
     (choice,) = which.rows[0].choices
     assert choice.best == ["a"] and "significantly ahead of the 1 other" in choice.why
+    assert "ranked by a first stage at this cut-off: two-stage" in choice.why  # shown as such, never scored
     files = write_report(run_dir)
     assert "Which model when" in files.html.read_text(encoding="utf-8")
     assert "| toy · warm users | **a** 1" in files.markdown.read_text(encoding="utf-8")

@@ -56,6 +56,7 @@ class Choice:
     over_budget: list[str] = field(default_factory=list)
     unmeasured: list[str] = field(default_factory=list)  # no latency figure: only in the "any" column
     not_served: list[str] = field(default_factory=list)
+    first_stage: list[str] = field(default_factory=list)  # positions ranked by a first stage: no score of its own
     failed: list[str] = field(default_factory=list)
     fastest: tuple[str, float] | None = None  # when nobody meets the budget
     notes: dict[str, str] = field(default_factory=dict)  # model -> "n = 50" for sampled models
@@ -115,6 +116,8 @@ class Choice:
             parts.append(f"latency not measured: {', '.join(self.unmeasured)}")
         if self.not_served:
             parts.append(f"not served: {', '.join(self.not_served)}")
+        if self.first_stage:
+            parts.append(f"ranked by a first stage at this cut-off: {', '.join(self.first_stage)}")
         if self.failed:
             parts.append(f"failed: {', '.join(self.failed)}")
         return "; ".join(parts)
@@ -177,6 +180,7 @@ def _choose(board: Leaderboard, column: str, budget: float | None, p99: dict[str
           if board.cell(m, column).status == "ok" and math.isfinite(board.cell(m, column).value)]
     choice.not_served = [m for m in board.models if board.cell(m, column).status == "unsupported"]
     choice.failed = [m for m in board.models if board.cell(m, column).status == "failed"]
+    choice.first_stage = [m for m in board.models if board.cell(m, column).status == "first_stage"]
     choice.notes = {m: board.model_note(m) for m in board.sampled}
     choice.p99 = {m: v for m, v in p99.items() if v is not None}
     if budget is None:
