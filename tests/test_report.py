@@ -208,7 +208,10 @@ def test_plots_inline_for_tradeoff_and_coldstart(tiny_html: str) -> None:
         assert base64.b64decode(data).lstrip().startswith(b"<?xml")
     for section in ('id="tradeoff"', 'id="coldstart"', 'id="systems"', 'id="models"', 'id="leaderboards"'):
         assert section in tiny_html
-    assert "latency p50 (ms)" in tiny_html and "throughput users/s, batch 16" in tiny_html
+    assert "latency p50" in tiny_html and "throughput users/s, batch 16" in tiny_html
+    systems = tiny_html.split('id="systems"')[1].split('id="models"')[0]
+    assert re.search(r"<td>\d[\d.]* (µs|ms)</td>", systems)  # latencies in human units, not raw floats
+    assert not re.search(r"<td>[-\d.]+e[-+]\d+</td>", systems)
     assert "Skipped: no real-time replay" in tiny_html  # absent sections say so
 
 
@@ -345,33 +348,44 @@ def test_pareto_front_hand_worked() -> None:
     assert pareto_front(throughput, np.array([0.1, 0.2, 0.15]), lower_cost_is_better=False).tolist() == [0, 1]
 
 
-def test_realtime_section_from_a_replay_run(tmp_path: Path) -> None:
-    """A temporal split with prequential replay: curves and per-policy tables, no replay rows in leaderboards."""
+@pytest.fixture(scope="session")
+def realtime_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A realtime-shaped run: temporal split, prequential replay under two policies, tiny serving budgets."""
     from bench.config import parse_suite
     from bench.runner import run_suite
 
     raw = {
         "name": "report-realtime",
-        "evaluation": {"k": [10], "bootstrap": 0, "systems": {"enabled": False},
+        "evaluation": {"k": [10], "bootstrap": 0,
+                       "systems": {"warmup": 2, "latency_requests": 20, "batch_sizes": [0], "max_seconds": 0.5},
                        "realtime": {"enabled": True, "k": 10, "block": 100, "update_cost_users": 5,
                                     "update_cost_items": 5,
                                     "policies": [{"name": "static"}, {"name": "incremental", "every": 100}]}},
         "datasets": [{"name": "synthetic", "params": {"n_users": 150, "n_items": 90, "n_interactions": 3000}}],
         "splits": [{"kind": "temporal", "params": {"test_fraction": 0.2}}],
-        "models": [{"name": "pop"}, {"name": "random"}],
+        "models": [{"name": "pop"}, {"name": "random"}, {"name": "als", "params": {"factors": 8, "iterations": 3}}],
     }
-    summary = run_suite(parse_suite(raw, "test"), out_root=tmp_path, progress=None)
-    files = write_report(summary.run_dir)
-    text = files.html.read_text(encoding="utf-8")
+    summary = run_suite(parse_suite(raw, "test"), out_root=tmp_path_factory.mktemp("realtime-run"), progress=None)
+    write_report(summary.run_dir)
+    return summary.run_dir
+
+
+def test_realtime_section_from_a_replay_run(realtime_run: Path) -> None:
+    """A temporal split with prequential replay: small multiples, a cost scatter with a table beside it,
+    per-policy tables, and no replay rows in leaderboards."""
+    text = (realtime_run / "report.html").read_text(encoding="utf-8")
     realtime = text.split('id="realtime"')[1].split('id="systems"')[0]
-    assert realtime.count("data:image/svg+xml;base64,") == 1
+    assert realtime.count("data:image/svg+xml;base64,") == 2  # small multiples + cost scatter
+    assert "one panel per model" in realtime and '<table class="side">' in realtime
     assert "prequential replay" in realtime and "incremental update cost" in realtime
-    frame = pd.read_csv(summary.run_dir / "results.csv")
+    frame = pd.read_csv(realtime_run / "results.csv")
     rate = frame[(frame["model"] == "pop") & (frame["segment"] == "replay:static")
                  & (frame["metric"] == "prequential_hit_rate")]["value"].iloc[0]
     assert f"<td>{tables.fmt(rate)}</td>" in realtime
-    boards = tables.leaderboards(load_run(summary.run_dir))
+    boards = tables.leaderboards(load_run(realtime_run))
     assert [b.segment for b in boards] == ["all"]
+    which = text.split('id="which-model"')[1].split('id="glance"')[0]
+    assert "Real time: which update policy" in which and which.count("replay blocks") == 3
 
 
 # -- the command line ----------------------------------------------------------------
@@ -546,5 +560,133 @@ def test_report_renders_in_headless_chromium(tiny_run: Path, tmp_path: Path) -> 
     assert image.height >= min(page["height"], 8000) * 0.9  # the whole page, not one viewport
     pixels = np.asarray(image).reshape(-1, 3).astype(int)
     assert len(np.unique(pixels[:: 97], axis=0)) > 50  # not a blank page
-    for colour in ((0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e), (0x2c, 0xa0, 0x2c)):  # the models' plot colours
-        assert (np.abs(pixels - colour).max(1) < 10).sum() > 200, colour
+    from bench.report.style import run_styles
+
+    styles = run_styles(load_run(tiny_run))
+    for style in [s for m, s in styles.items() if m != HOSTILE_MODEL]:  # the failing model draws nothing
+        colour = tuple(int(style.color[i:i + 2], 16) for i in (1, 3, 5))
+        assert (np.abs(pixels - colour).max(1) < 10).sum() > 200, (style, colour)
+
+
+# -- "which model when" and one style per model, read back from the rendered SVG -------------------------
+
+SVG_STYLES_JS = r"""JSON.stringify(Array.from(document.images).flatMap((img, index) => {
+    const svg = new DOMParser().parseFromString(atob(img.src.split(',')[1]), 'image/svg+xml');
+    return Array.from(svg.querySelectorAll('g[id^="model-"]')).flatMap(g => {
+        const use = g.querySelector('use');
+        if (!use) return [];
+        const ref = (use.getAttribute('xlink:href') || use.getAttribute('href')).slice(1);
+        const path = svg.getElementById(ref);
+        const fill = /fill:\s*(#[0-9a-f]{6})/i.exec(use.getAttribute('style') || '')[1].toLowerCase();
+        return [[index, g.id, fill, path.getAttribute('d')]];
+    });
+}))"""
+
+
+def marker_shape(d: str) -> str:
+    """A marker's SVG path with its size divided out, so one shape drawn at two sizes compares equal."""
+    numbers = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", d)]
+    scale = max((abs(n) for n in numbers), default=1.0) or 1.0
+    return re.sub(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", lambda m: f"{float(m.group()) / scale:.2f}", " ".join(d.split()))
+
+
+def svg_model_styles(page: str) -> list[list]:
+    """``[image index, model gid, fill colour, marker path]`` for every model artist in the page's SVG images,
+    read the way the browser test reads them (Python's XML parser instead of the DOM)."""
+    import base64
+    import xml.etree.ElementTree as ET
+
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    out = []
+    images = re.findall(r'<img src="data:image/svg\+xml;base64,([^"]+)"', page)
+    for index, data in enumerate(images):
+        root = ET.fromstring(base64.b64decode(data))
+        paths = {p.get("id"): p.get("d") for p in root.iter("{http://www.w3.org/2000/svg}path") if p.get("id")}
+        for g in root.iter("{http://www.w3.org/2000/svg}g"):
+            if not (g.get("id") or "").startswith("model-"):
+                continue
+            use = g.find(".//svg:use", ns)
+            if use is None:
+                continue
+            ref = (use.get("{http://www.w3.org/1999/xlink}href") or use.get("href"))[1:]
+            fill = re.search(r"fill:\s*(#[0-9a-fA-F]{6})", use.get("style", "")).group(1).lower()
+            out.append([index, g.get("id"), fill, paths[ref]])
+    return out
+
+
+def assert_one_pair_per_model(entries: list[list]) -> dict[str, tuple[str, str]]:
+    """Each model (SVG id) has one colour-marker pair in every image, and no two models share one."""
+    pairs: dict[str, set[tuple[str, str]]] = {}
+    for _, gid, fill, d in entries:
+        pairs.setdefault(gid, set()).add((fill, marker_shape(d)))
+    assert all(len(p) == 1 for p in pairs.values()), {g: p for g, p in pairs.items() if len(p) > 1}
+    single = {gid: next(iter(p)) for gid, p in pairs.items()}
+    assert len(set(single.values())) == len(single), single
+    return single
+
+
+def test_plots_give_each_model_one_distinct_pair(tiny_html: str) -> None:
+    entries = svg_model_styles(tiny_html)
+    pairs = assert_one_pair_per_model(entries)
+    assert len(pairs) == 3  # pop, random, als drawn (the failing model has no point)
+    assert len({image for image, *_ in entries}) >= 4  # the same pair across trade-off and cold-start plots
+
+
+def test_which_model_section_in_html_and_markdown(tiny_run: Path, tiny_html: str) -> None:
+    assert tiny_html.index('id="which-model"') < tiny_html.index('id="glance"')
+    which = tiny_html.split('id="which-model"')[1].split('id="glance"')[0]
+    for tier in ("p99 ≤ 1 ms", "p99 ≤ 10 ms", "p99 ≤ 100 ms", "any latency"):
+        assert tier in which
+    assert which.count('<tr><td class="model">') == 5  # one row per leaderboard
+    assert "new users, 0 history items" in which and "new items" in which
+    assert "not served: als" in which  # ALS cannot serve 0-shot users: said, not hidden
+    board = next(b for b in tables.leaderboards(load_run(tiny_run)) if b.segment == "shots=3")
+    best = next(m for m in board.models if board.cell(m, "ndcg@10").best)
+    row = which.split("new users, 3 history items")[1].split("</tr>")[0]
+    any_latency = row.split('<td class="choice')[-1]
+    assert f"<b>{html.escape(best)}</b>" in any_latency  # "any latency" agrees with the leaderboard
+    text = (tiny_run / "report.md").read_text(encoding="utf-8")
+    assert '<a id="which-model"></a>' in text and "### Which model when" in text
+    assert text.index("Which model when") < text.index("### synthetic")
+
+
+def test_report_sections_in_headless_chromium(tiny_run: Path, realtime_run: Path, tmp_path: Path) -> None:
+    """A coldstart-shaped and a realtime-shaped report in chromium: the "Which model when" section is there,
+    and, read from each page's SVG images, no two models share a colour-marker pair and a model shown in
+    both reports has the same pair in both."""
+    if not CHROMIUM.is_file():
+        pytest.fail("chromium is not installed at /usr/bin/chromium; scripts/setup-env installs it")
+    browser = DevTools(tmp_path / "profile")
+    pages = {}
+    try:
+        for name, run in (("coldstart", tiny_run), ("realtime", realtime_run)):
+            target = browser.call("Target.createTarget", {"url": "about:blank"})
+            session = browser.call("Target.attachToTarget", {"targetId": target["targetId"],
+                                                             "flatten": True})["sessionId"]
+            browser.call("Page.enable", session=session)
+            browser.call("Page.navigate", {"url": (run / "report.html").resolve().as_uri()}, session=session)
+            browser.wait_event("Page.loadEventFired")
+            section = browser.call("Runtime.evaluate", {"returnByValue": True, "expression": """JSON.stringify({
+                heading: document.getElementById('which-model').textContent,
+                beforeGlance: !!(document.getElementById('which-model').compareDocumentPosition(
+                    document.getElementById('glance')) & Node.DOCUMENT_POSITION_FOLLOWING),
+                rows: document.querySelectorAll('table.which tbody tr').length,
+                chosen: Array.from(document.querySelectorAll('table.which td.choice b')).map(b => b.textContent),
+                folded: document.querySelectorAll('details > summary').length})"""}, session=session)
+            styles = browser.call("Runtime.evaluate", {"returnByValue": True, "expression": SVG_STYLES_JS},
+                                  session=session)
+            pages[name] = (json.loads(section["result"]["value"]), json.loads(styles["result"]["value"]))
+    finally:
+        browser.close()
+    cold, cold_entries = pages["coldstart"]
+    realtime, realtime_entries = pages["realtime"]
+    for section in (cold, realtime):
+        assert section["heading"] == "Which model when" and section["beforeGlance"]
+        assert section["chosen"]
+    assert cold["rows"] == 5 and realtime["rows"] == 1 + 3  # one leaderboard; three models' update policies
+    cold_pairs = assert_one_pair_per_model(cold_entries)
+    realtime_pairs = assert_one_pair_per_model(realtime_entries)
+    assert cold_entries == svg_model_styles((tiny_run / "report.html").read_text(encoding="utf-8"))
+    shared = set(cold_pairs) & set(realtime_pairs)
+    assert len(shared) == 2  # random and als (pop is labelled with the hostile label in the coldstart run)
+    assert all(cold_pairs[g] == realtime_pairs[g] for g in shared)

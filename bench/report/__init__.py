@@ -2,8 +2,11 @@
 
 ``write_report(run_dir, compare=..., out=...)`` is what ``bench report`` and the
 end of ``bench run`` call. Modules: ``rundata`` (reading a run folder),
-``tables`` (leaderboards, significance, systems, model details), ``plots``
-(matplotlib figures as inline SVG), ``markdown`` (the summary), ``render``
+``tables`` (leaderboards, significance, systems, model details),
+``which_model`` (the "Which model when" answers per segment and latency budget,
+and per model the update policy to run), ``plots`` (matplotlib figures as
+inline SVG), ``style`` (one colour-marker pair per model, by family),
+``units`` (numbers for people), ``markdown`` (the summary), ``render``
 (Jinja2 templates shipped in ``templates/``).
 """
 

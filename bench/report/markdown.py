@@ -9,7 +9,9 @@ from __future__ import annotations
 import html
 import re
 
+from bench.report import units
 from bench.report.tables import ALPHA, SIGNIFICANCE_METHOD, Cell, Leaderboard, fmt
+from bench.report.which_model import WhichModel
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
@@ -25,9 +27,37 @@ def summary_columns(board: Leaderboard, headline_k: int) -> list[str]:
     return keys or [c.key for c in board.columns]
 
 
+def which_model_markdown(which: WhichModel) -> list[str]:
+    """The "Which model when" section: one row per situation, one cell per latency budget."""
+    lines = ['<a id="which-model"></a>', "", "### Which model when", "",
+             f"Best {md_escape(which.metric)} among the models meeting each p99 single-request latency budget, "
+             f"with its 95% CI; then why: models within noise (same paired test as the leaderboards), sampled, "
+             f"over budget, not served."]
+    for note in which.notes:
+        lines += ["", f"_{md_escape(note)}_"]
+    if which.rows:
+        lines += ["", "| situation | " + " | ".join(md_escape(t[1]) for t in which.tiers) + " |",
+                  "|---|" + "---|" * len(which.tiers)]
+        for row in which.rows:
+            cells = []
+            for c in row.choices:
+                head = f"**{md_escape(c.headline)}** {md_escape(c.value_text)}" if c.best else "*no model*"
+                cells.append(f"{head}<br>{md_escape(c.why)}")
+            lines.append(f"| {md_escape(row.label)} | " + " | ".join(cells) + " |")
+    if which.realtime:
+        lines += ["", "Real time: freshest update policy per model, and the cheapest policy within noise of it "
+                      "(paired t-test over replay blocks, Holm).", "",
+                  "| dataset · model | freshest | cheapest within noise | why |", "|---|---|---|---|"]
+        for p in which.realtime:
+            lines.append(f"| {md_escape(p.dataset)} · {md_escape(p.model)} | **{md_escape(p.freshest)}** "
+                         f"{fmt(p.freshest_rate)}, {units.seconds(p.freshest_cost)} | **{md_escape(p.cheapest)}** "
+                         f"{fmt(p.cheapest_rate)}, {units.seconds(p.cheapest_cost)} | {md_escape(p.why)} |")
+    return lines
+
+
 def leaderboard_markdown(boards: list[Leaderboard], *, suite: str, run_id: str, headline: str,
-                         html_name: str, compare_id: str | None = None) -> str:
-    """One table per leaderboard; **bold** = best, † = not significantly different from the best."""
+                         html_name: str, compare_id: str | None = None, which: WhichModel | None = None) -> str:
+    """"Which model when", then one table per leaderboard; **bold** = best, † = not significantly different."""
     headline_k = int(headline.partition("@")[2] or 10)
     lines = [f"## bench report: suite `{md_escape(suite)}`, run `{md_escape(run_id)}`", "",
              f"**bold** = best in column; † = not significantly different from the best "
@@ -36,6 +66,8 @@ def leaderboard_markdown(boards: list[Leaderboard], *, suite: str, run_id: str, 
     if compare_id:
         lines.append(f"Deltas against run `{md_escape(compare_id)}` in parentheses; ▲/▼ = significant "
                      f"(p_adj < {ALPHA}) improvement/regression.")
+    if which is not None:
+        lines += [""] + which_model_markdown(which)
     for board in boards:
         keys = summary_columns(board, headline_k)
         lines += ["", f"### {md_escape(board.title)}", ""]

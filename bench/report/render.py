@@ -20,13 +20,16 @@ from typing import Any
 import jinja2
 
 from bench.report import plots as plot_lib
-from bench.report import tables
+from bench.report import tables, units
 from bench.report.markdown import leaderboard_markdown
+from bench.report.style import GLYPHS, by_family, run_styles
+from bench.report.which_model import which_model
 from bench.report.rundata import ReportError, RunData, load_run
 from bench.rundir import atomic_write_bytes
 from bench.systems import machine_mismatch
 
 DEFAULT_METRIC = "ndcg@10"
+FOLD_ROWS = 10  # longer systems / real-time tables are folded behind their one-line summary
 
 
 @dataclass
@@ -39,6 +42,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = tables.fmt
+    env.filters["seconds"] = units.seconds
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=1, sort_keys=True, default=str)
     return env
 
@@ -89,7 +93,7 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
                    "machine_warning": machine_mismatch(run.provenance, other.provenance),
                    "method": tables.COMPARE_METHOD, "created": other.provenance.get("created", ""),
                    "commit": (other.provenance.get("git") or {}).get("commit") or "unknown"}
-    styles = plot_lib.model_styles(run.model_order())
+    styles = run_styles(run, other)
     tradeoff = plot_lib.tradeoff_plots(run, metric, styles)
     coldstart, coldstart_notes = plot_lib.coldstart_plots(run, metric, styles)
     realtime, realtime_notes = plot_lib.realtime_plots(run, styles)
@@ -112,6 +116,8 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
     in_overview = {m for v in verdicts for m in v.board.models}
     return {
         "h": header(run), "boards": boards, "metric": metric, "verdicts": verdicts,
+        "which": which_model(run, boards, metric), "verdict_of": {v.board.anchor: v for v in verdicts}, "styles": styles, "glyphs": GLYPHS,
+        "families": by_family(styles, run.model_order()), "fold_rows": FOLD_ROWS,
         "overview_models": [m for m in run.model_order() if m in in_overview],
         "method": tables.SIGNIFICANCE_METHOD, "alpha": tables.ALPHA, "compare": compare,
         "tradeoff": tradeoff, "coldstart": coldstart, "coldstart_notes": coldstart_notes,
@@ -123,9 +129,10 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
     }
 
 
-def render_html(run: RunData, other: RunData | None = None, metric: str = DEFAULT_METRIC) -> tuple[str, list]:
+def render_html(run: RunData, other: RunData | None = None, metric: str = DEFAULT_METRIC) -> tuple[str, dict]:
+    """The page and the context it was rendered from (the Markdown summary reuses its tables)."""
     context = build_context(run, other, metric)
-    return _environment().get_template("report.html.j2").render(**context), context["boards"]
+    return _environment().get_template("report.html.j2").render(**context), context
 
 
 def write_report(run_dir: Path, *, compare: Path | None = None, out: Path | None = None,
@@ -138,10 +145,11 @@ def write_report(run_dir: Path, *, compare: Path | None = None, out: Path | None
     if html_path.suffix.lower() not in (".html", ".htm"):
         raise ReportError(f"--out {html_path}: give a file name ending in .html (the Markdown summary is written "
                           f"beside it as .md)")
-    text, boards = render_html(run, other, metric)
+    text, context = render_html(run, other, metric)
     md_path = html_path.with_suffix(".md")
-    markdown = leaderboard_markdown(boards, suite=run.suite, run_id=run.run_id, headline=metric,
-                                    html_name=html_path.name, compare_id=other.run_id if other else None)
+    markdown = leaderboard_markdown(context["boards"], suite=run.suite, run_id=run.run_id, headline=metric,
+                                    html_name=html_path.name, compare_id=other.run_id if other else None,
+                                    which=context["which"])
     atomic_write_bytes(html_path, text.encode("utf-8"))
     atomic_write_bytes(md_path, markdown.encode("utf-8"))
     for path in (html_path, md_path):  # made to be shared: readable like any other file, not 0600

@@ -35,6 +35,7 @@ import pandas as pd
 
 from bench import registry
 from bench.metrics import DEFAULT_METRICS
+from bench.report import units
 from bench.report.rundata import RunData
 from bench.stats import bootstrap_ci, holm_adjust, paired_ttest_pvalues, welch_ttest_pvalue
 
@@ -45,30 +46,30 @@ SIGNIFICANCE_METHOD = ("two-sided paired t-test over per-user values (users matc
 COMPARE_METHOD = ("paired t-test over the users both runs scored when their split fingerprints match, otherwise "
                   f"Welch's t-test; Holm-Bonferroni correction over all deltas of a table, alpha = {ALPHA}")
 
-# k = 0 figures and how to show them: name -> (column title, unit formatter key)
+# k = 0 figures and their column titles; the values carry their unit (bench.report.units.figure)
 FIT_FIGURES: dict[str, str] = {
-    "fit_seconds": "fit wall (s)",
-    "fit_cpu_seconds": "fit CPU (s)",
+    "fit_seconds": "fit wall time",
+    "fit_cpu_seconds": "fit CPU time",
     "model_bytes": "model size",
-    "fit_peak_rss_mb": "fit peak RSS (MB)",
-    "fit_rss_increase_mb": "fit RSS increase (MB)",
-    "fit_peak_gpu_mb": "fit peak GPU (MB)",
+    "fit_peak_rss_mb": "fit peak RSS",
+    "fit_rss_increase_mb": "fit RSS increase",
+    "fit_peak_gpu_mb": "fit peak GPU memory",
 }
 SERVE_FIGURES: dict[str, str] = {
-    "latency_mean_ms": "latency mean (ms)",
-    "latency_p50_ms": "latency p50 (ms)",
-    "latency_p90_ms": "latency p90 (ms)",
-    "latency_p95_ms": "latency p95 (ms)",
-    "latency_p99_ms": "latency p99 (ms)",
+    "latency_mean_ms": "latency mean",
+    "latency_p50_ms": "latency p50",
+    "latency_p90_ms": "latency p90",
+    "latency_p95_ms": "latency p95",
+    "latency_p99_ms": "latency p99",
     "users_per_second": "users/s (whole segment)",
-    "recommend_seconds": "recommend (s, whole segment)",
+    "recommend_seconds": "recommend time (whole segment)",
     "server_target_rate": "server target rate (req/s)",
     "server_achieved_rate": "server achieved rate (req/s)",
-    "server_latency_p50_ms": "server p50 (ms)",
-    "server_latency_p99_ms": "server p99 (ms)",
+    "server_latency_p50_ms": "server p50",
+    "server_latency_p99_ms": "server p99",
     "server_max_rate_at_p99": "max rate at p99 target (req/s)",
-    "serve_peak_gpu_mb": "serve peak GPU (MB)",
-    "timer_overhead_ns": "timer overhead (ns)",
+    "serve_peak_gpu_mb": "serve peak GPU memory",
+    "timer_overhead_ns": "timer overhead",
 }
 THROUGHPUT_PREFIX = "throughput_users_per_s@batch="
 NOT_FIGURES = {"error"}
@@ -106,20 +107,9 @@ def segment_sort_key(segment: str) -> tuple[int, float, str]:
     return (3, 0.0, segment)
 
 
-def fmt(value: float | None, digits: int = 4) -> str:
-    """Compact numbers: 0.3027, 5.213, 150.3, 1.2e+04."""
-    if value is None or not math.isfinite(value):
-        return "–"
-    return f"{value:.{digits}g}"
-
-
-def fmt_bytes(value: float) -> str:
-    if not math.isfinite(value):
-        return "–"
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value:.0f} B"
+def fmt(value: float | None, digits: int = units.DIGITS) -> str:
+    """Numbers for people (three significant figures, k/M): 0.303, 5.21, 150, 12.0k."""
+    return units.number(value, digits)
 
 
 # -- leaderboards -----------------------------------------------------------------
@@ -553,6 +543,7 @@ class FigureTable:
     headers: list[str]
     rows: list[list[str]]
     note: str = ""
+    summary: str = ""  # one line shown while a long table is folded
 
 
 def _figure_label(name: str) -> str:
@@ -574,7 +565,30 @@ def _figure_order(name: str) -> tuple[int, int, str]:
 
 
 def _fmt_figure(name: str, value: float) -> str:
-    return fmt_bytes(value) if name == "model_bytes" else fmt(value)
+    return units.figure(name, value)
+
+
+def _extreme(means: pd.Series, name: str, lowest: bool) -> tuple[str, float] | None:
+    """(row label, value) of the lowest/highest mean of figure ``name`` (index: ..., metric last)."""
+    try:
+        values = means.xs(name, level="metric").dropna()
+    except KeyError:
+        return None
+    if values.empty:
+        return None
+    key = values.idxmin() if lowest else values.idxmax()
+    label = " · ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+    return label, float(values[key])
+
+
+def _summary(means: pd.Series, wanted: list[tuple[str, str, bool]]) -> str:
+    """"fastest p99: pop · all (23.3 µs); ..." from (phrase, figure name, lowest is the one to name)."""
+    parts = []
+    for phrase, name, lowest in wanted:
+        found = _extreme(means, name, lowest)
+        if found:
+            parts.append(f"{phrase}: {found[0]} ({_fmt_figure(name, found[1])})")
+    return "; ".join(parts)
 
 
 def systems_tables(run: RunData) -> list[FigureTable]:
@@ -593,7 +607,10 @@ def systems_tables(run: RunData) -> list[FigureTable]:
             rows = [[m] + [_fmt_figure(n, means.get((m, n), float("nan"))) for n in names]
                     for m in order if m in set(fit["model"])]
             tables.append(FigureTable(f"{dataset} · {split} split · fitting", ["model"] +
-                                      [_figure_label(n) for n in names], rows))
+                                      [_figure_label(n) for n in names], rows,
+                                      summary=_summary(means, [("fastest fit", "fit_seconds", True),
+                                                               ("slowest fit", "fit_seconds", False),
+                                                               ("largest model", "model_bytes", False)])))
         serve = sub[sub["segment"] != "fit"]
         if not serve.empty:
             names = sorted(serve["metric"].unique(), key=_figure_order)
@@ -601,8 +618,16 @@ def systems_tables(run: RunData) -> list[FigureTable]:
             segments = sorted(serve["segment"].unique(), key=segment_sort_key)
             rows = [[m, s] + [_fmt_figure(n, means.get((m, s, n), float("nan"))) for n in names]
                     for m in order for s in segments if (m, s) in set(zip(serve["model"], serve["segment"]))]
+            summary = _summary(means, [("lowest p99", "latency_p99_ms", True),
+                                       ("highest p99", "latency_p99_ms", False)])
+            peaks = [(found[1], n, found[0]) for n in names if n.startswith(THROUGHPUT_PREFIX)
+                     and (found := _extreme(means, n, lowest=False))]
+            if peaks:  # the best throughput over every batch size
+                value, name, where = max(peaks)
+                summary += (("; " if summary else "") + f"highest throughput: {where}, batch "
+                            f"{name[len(THROUGHPUT_PREFIX):]} ({_fmt_figure(name, value)})")
             tables.append(FigureTable(f"{dataset} · {split} split · serving", ["model", "segment"] +
-                                      [_figure_label(n) for n in names], rows))
+                                      [_figure_label(n) for n in names], rows, summary=summary))
     return tables
 
 
@@ -630,21 +655,25 @@ def realtime_tables(run: RunData) -> list[FigureTable]:
                         rows.append([m, policy] + ["not served"] * len(names))
                     else:
                         rows.append([m, policy] + ["not served" if (m, seg, n) in unsupported_metric else
-                                                   fmt(means.get((m, seg, n), float("nan"))) for n in names])
+                                                   _fmt_figure(n, means.get((m, seg, n), float("nan")))
+                                                   for n in names])
             k = replay[replay["metric"] == "prequential_hit_rate"]["k"].max()
             headers = {"prequential_hit_rate": f"hit rate@{k}", "prequential_new_user_hit_rate":
-                       f"new-user hit rate@{k}", "updates": "updates", "update_seconds_total": "update time (s)",
-                       "replay_recommend_seconds": "recommend time (s)"}
+                       f"new-user hit rate@{k}", "updates": "updates", "update_seconds_total": "update time",
+                       "replay_recommend_seconds": "recommend time"}
+            best = _extreme(means, "prequential_hit_rate", lowest=False)
             tables.append(FigureTable(f"{dataset} · prequential replay", ["model", "policy"] +
-                                      [headers[n] for n in names], rows))
+                                      [headers[n] for n in names], rows,
+                                      summary=f"freshest: {best[0].replace(' · replay:', ' · ')} (hit rate "
+                                              f"{fmt(best[1])})" if best else ""))
         cost = sub[(sub["segment"] == "update-cost") & (sub["status"] == "ok")]
         if not cost.empty:
             means = cost.groupby(["model", "metric"])["value"].mean()
-            rows = [[m, fmt(means.get((m, "update_seconds_per_new_user"), float("nan"))),
-                     fmt(means.get((m, "update_seconds_per_new_item"), float("nan")))]
+            rows = [[m, units.seconds(means.get((m, "update_seconds_per_new_user"), float("nan"))),
+                     units.seconds(means.get((m, "update_seconds_per_new_item"), float("nan")))]
                     for m in order if m in set(cost["model"])]
-            tables.append(FigureTable(f"{dataset} · incremental update cost", ["model", "seconds per new user",
-                                                                             "seconds per new item"], rows,
+            tables.append(FigureTable(f"{dataset} · incremental update cost", ["model", "time per new user",
+                                                                             "time per new item"], rows,
                                       "Models without the update capability are absent (they must refit)."))
     return tables
 
@@ -706,8 +735,8 @@ def model_details(run: RunData) -> list[ModelDetail]:
                                  for name, s in sorted(segs.items(), key=lambda kv: segment_sort_key(kv[0])))
             cell_details.append(CellDetail(str(c.get("dataset")), str(c.get("split")), int(c.get("seed", 0)),
                                            str(c.get("status", "?")),
-                                           fmt(c["fit_seconds"]) if isinstance(c.get("fit_seconds"), (int, float))
-                                           else "–", seg_text, str(c.get("error") or ""),
+                                           units.seconds(c["fit_seconds"])
+                                           if isinstance(c.get("fit_seconds"), (int, float)) else "–", seg_text, str(c.get("error") or ""),
                                            str(c.get("traceback") or "")))
         if not cell_details:  # no cell.json (copied table only): fall back on the table's error rows
             for r in rows[rows["metric"] == "error"].itertuples():
