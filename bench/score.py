@@ -196,6 +196,7 @@ def score_run(run_dir: Path, *, metrics: list[str] | None = None, ks: list[int] 
     say = progress or (lambda _msg: None)
     summary = ScoreSummary(Path(run_dir), metric_lib.metric_columns(entries, ks))
     datasets: dict[str, Dataset] = {}
+    splits: dict[tuple[str, str], Split] = {}
     all_rows: list[dict[str, Any]] = []
     plan: list[tuple[DatasetSpec, int, SplitSpec, ModelSpec]] = plan_cells(config)
     for dspec, seed, sspec, mspec in plan:
@@ -210,7 +211,10 @@ def score_run(run_dir: Path, *, metrics: list[str] | None = None, ks: list[int] 
         if key not in datasets:
             datasets[key] = load_dataset(dspec.name, data or DataOptions(), dspec.implicit, **dspec.params)
         dataset = datasets[key]
-        split = _stored_split(folder, dataset, sspec, seed, info["split_fingerprint"])
+        skey = (key, info["split_fingerprint"])
+        if skey not in splits:  # every model of a split shares it: read and verify it once
+            splits[skey] = _stored_split(folder, dataset, sspec, seed, info["split_fingerprint"])
+        split = splits[skey]
         new, scored = score_cell(folder, config, dataset, split, mspec, seed, cid, info, entries, ks)
         info["rows"] = _replace_rows(info["rows"], new)
         folder.write_cell(cid, info)
