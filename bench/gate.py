@@ -8,7 +8,9 @@ pass when it only moves numbers within noise. Three ideas make that work:
   drop just like a fall in ``ndcg``.
 * **Significance on per-user values.** An accuracy drop fails only when it is
   larger than the rule's tolerance AND the paired test on the same users says
-  it is real (family-wise corrected over all checks). Baselines therefore keep
+  it is real (family-wise corrected over all checks). Seeds are not extra
+  users: with several seeds, one check covers them all, each user's values
+  averaged over its seeds first (``bench.stats``, the report's rule too). Baselines therefore keep
   the per-user values of every gated metric, not just the means.
 * **Machine-independent timings.** A model's time is divided by a reference
   model's time measured in the same run (``als / pop``), and that ratio is
@@ -543,7 +545,18 @@ def _resolve(rules: list[Any], *match_args: Any) -> Any:
     return chosen
 
 
+def _seeds_label(dataset: str, split: str, params: str, seeds: list[int], all_keys: Iterable[GroupKey]) -> str:
+    """``synthetic/random/seed=0``, or ``.../seeds=0,1`` for a check over several seeds."""
+    label = group_label((dataset, split, params, seeds[0]), all_keys)
+    return label if len(seeds) == 1 else label.replace(f"/seed={seeds[0]}", "/seeds=" + ",".join(map(str, seeds)), 1)
+
+
 def accuracy_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems: list[str]) -> list[Check]:
+    """One check per dataset/split x model x segment x metric, over the users of every seed.
+
+    Seeds are not extra users (the rule of ``bench.stats``, shared with the report): the values of
+    all seeds are paired by (seed, user), averaged per user over its seeds, and tested over users.
+    """
     checks: list[Check] = []
     all_groups = list(baseline.fingerprints)
     for metric in rules.accuracy_metrics:
@@ -558,6 +571,8 @@ def accuracy_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problem
             problems.append(f"metric {metric} is missing in the current run {current.source}; does the suite "
                             f"still score it (evaluation.k, evaluation.metrics)?")
             continue
+        pooled: dict[tuple[str, str, str, str, str], list[tuple[int, SegmentValues, SegmentValues]]] = {}
+        pooled_rule: dict[tuple[str, str, str, str, str], AccuracyRule] = {}
         for key, base_cell in sorted(baseline.cells.items()):
             group, model = key[:4], key[4]
             where = group_label(group, all_groups)
@@ -582,29 +597,49 @@ def accuracy_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problem
                                         verdict="skip", note="ranked by the first stage, not the model (it "
                                         "ranked fewer than k positions): not compared as the model's"))
                     continue
-                checks.append(_accuracy_check(rule, where, seg_name, model, metric, higher_is_better, base_seg,
-                                              cur_seg, rules.resamples, problems))
+                pkey = (group[0], group[1], group[2], model, seg_name)
+                pooled.setdefault(pkey, []).append((group[3], base_seg, cur_seg))
+                pooled_rule[pkey] = rule
+        for pkey, entries in pooled.items():
+            dataset, split, params, model, seg_name = pkey
+            where = _seeds_label(dataset, split, params, [seed for seed, _, _ in entries], all_groups)
+            checks.append(_accuracy_check(pooled_rule[pkey], where, seg_name, model, metric, higher_is_better,
+                                          entries, rules.resamples, problems))
     return checks
 
 
 def _accuracy_check(rule: AccuracyRule, where: str, segment: str, model: str, metric: str, higher_is_better: bool,
-                    base: SegmentValues, cur: SegmentValues, resamples: int, problems: list[str]) -> Check:
-    gaps = [side for side, seg in (("baseline", base), ("current run", cur)) if metric not in seg.means]
+                    entries: list[tuple[int, SegmentValues, SegmentValues]], resamples: int,
+                    problems: list[str]) -> Check:
+    """The check of one metric over the seeds in ``entries`` (seed, baseline segment, current segment)."""
+    gaps = sorted({side for _, base, cur in entries for side, seg in (("baseline", base), ("current run", cur))
+                   if metric not in seg.means})
     if gaps:  # e.g. ild on a data set without categories: undefined, not zero
         problems.append(f"{metric} is missing for {model} on {where} {segment} in the {' and the '.join(gaps)}; "
                         f"exempt it with a rule (gate = false) or gate another metric")
-    b, c = base.means.get(metric, np.nan), cur.means.get(metric, np.nan)
+    b = float(np.mean([base.means.get(metric, np.nan) for _, base, _ in entries]))
+    c = float(np.mean([cur.means.get(metric, np.nan) for _, _, cur in entries]))
     check = Check("accuracy", where, segment, model, metric, b, c, c - b, f"-{rule.max_drop}",
                   tolerance=rule.max_drop,
-                  detail={"higher_is_better": higher_is_better, "alpha": rule.alpha, "test": rule.test})
-    if metric in base.per_user and metric in cur.per_user:
-        if base.users is None or cur.users is None or not np.array_equal(base.users, cur.users):
-            problems.append(f"{where} {segment} {model}: the test users differ between baseline and current run "
-                            f"although the split fingerprint matches (was evaluation.max_test_users or the "
-                            f"model's own max_test_users changed?); "
-                            f"a paired comparison needs the same users")
-            return check
-        cur_values, base_values = cur.per_user[metric], base.per_user[metric]
+                  detail={"higher_is_better": higher_is_better, "alpha": rule.alpha, "test": rule.test,
+                          "seeds": [seed for seed, _, _ in entries]})
+    if all(metric in base.per_user and metric in cur.per_user for _, base, cur in entries):
+        for _, base, cur in entries:
+            if base.users is None or cur.users is None or not np.array_equal(base.users, cur.users):
+                problems.append(f"{where} {segment} {model}: the test users differ between baseline and current "
+                                f"run although the split fingerprint matches (was evaluation.max_test_users or the "
+                                f"model's own max_test_users changed?); a paired comparison needs the same users")
+                return check
+        from bench.stats import paired_user_means, seed_user_keys
+
+        keys = np.concatenate([seed_user_keys(np.full(len(base.users), seed), base.users)
+                               for seed, base, _ in entries])
+        _, base_values, cur_values = paired_user_means(
+            keys, np.concatenate([base.per_user[metric] for _, base, _ in entries]),
+            keys, np.concatenate([cur.per_user[metric] for _, _, cur in entries]))
+        if len(entries) > 1:  # the value tested is the mean over users of their seed means
+            check.baseline, check.current = float(base_values.mean()), float(cur_values.mean())
+            check.delta = check.current - check.baseline
         check.p_value, check.ci_low, check.ci_high = _paired(cur_values, base_values, rule.test, resamples,
                                                              1.0 - rule.alpha)
         check.detail["n"] = int(len(cur_values))

@@ -199,3 +199,27 @@ def test_default_rules_ship_as_package_data():
     rules_ = gate.load_rules()
     assert rules_.accuracy_metrics == ["ndcg@10", "recall@10"]
     assert {r.reference for r in rules_.timing} == {"pop"}
+
+
+def _two_seeds(snap: Snapshot) -> Snapshot:
+    """The same snapshot with its seed-0 cells copied as seed 1 (same users, same values)."""
+    seed1 = (*GROUP[:3], 1)
+    cells = dict(snap.cells) | {(*seed1, key[4]): cell for key, cell in snap.cells.items()}
+    return Snapshot(snap.suite, snap.run_id, snap.provenance, {GROUP: FINGERPRINT, seed1: FINGERPRINT}, cells,
+                    snap.metrics, snap.source)
+
+
+def test_seeds_are_not_extra_users():
+    """A duplicated seed adds no evidence: one check over both seeds, on the 3 users, with the one-seed p.
+
+    Differences (-0.3, 0, 0): p = 0.4226 (hand-worked in test_large_but_noisy_drop_passes). Pooling the two
+    seeds' 6 values as users would give t = -1.58 with 5 df, p = 0.175; two per-seed checks would test each
+    seed apart. Both overstate what a repeated seed tells.
+    """
+    base = snapshot({"als": {"ndcg@10": [0.5, 0.5, 0.5]}})
+    cur = snapshot({"als": {"ndcg@10": [0.2, 0.5, 0.5]}})
+    one = only_check(compare(base, cur, rules(NDCG_5PCT)))
+    both = only_check(compare(_two_seeds(base), _two_seeds(cur), rules(NDCG_5PCT)))
+    assert both.p_value == pytest.approx(one.p_value) == pytest.approx(1 - 1 / math.sqrt(3))
+    assert both.detail["n"] == 3 and both.detail["seeds"] == [0, 1]
+    assert both.where == "synthetic/random/seeds=0,1" and both.delta == pytest.approx(-0.1)
