@@ -13,9 +13,12 @@ pass when it only moves numbers within noise. Three ideas make that work:
   averaged over its seeds first (``bench.stats``, the report's rule too). Baselines therefore keep
   the per-user values of every gated metric, not just the means.
 * **Machine-independent timings.** A model's time is divided by a reference
-  model's time measured in the same run (``als / pop``), and that ratio is
-  compared with the same ratio in the baseline, so a slower CI machine does
-  not fail the gate but a model that got slower relative to the others does.
+  measured in the same run, and that ratio is compared with the same ratio in
+  the baseline, so a slower CI machine does not fail the gate but a model that
+  got slower does. The default reference is the run's calibration workload
+  (``bench.systems.calibrate``: fixed numpy work timed at the start and end of
+  every run, recorded in provenance.json), which is always long enough to
+  time; a model label as reference (``als / pop``) is still accepted.
 
 A comparison that cannot be made (missing baseline, model, metric, segment,
 mismatched suite or split fingerprints) is a usage problem, never a pass:
@@ -108,9 +111,13 @@ class AccuracyRule:
                 and (self.datasets is None or dataset in self.datasets))
 
 
+CALIBRATION = "calibration"  # the reference of a timing rule that means the run's calibration workload
+
+
 @dataclass(frozen=True)
 class TimingRule:
-    """Gate a duration (``fit_seconds``...) as a ratio to ``reference``'s duration in the same run."""
+    """Gate a duration (``fit_seconds``...) as a ratio to ``reference`` in the same run: the calibration
+    workload (:data:`CALIBRATION`, the default) or a model label's same duration."""
 
     metric: str
     reference: str
@@ -220,9 +227,8 @@ def parse_rules(raw: dict[str, Any], source: str) -> Rules:
     for i, table in enumerate(raw.get("timing", [])):
         where = f"[[timing]] #{i + 1}"
         _check_table(table, _TIMING_KEYS, where, source)
-        for key in ("metric", "reference"):
-            if key not in table:
-                raise GateError(f"{source}: {where} needs a '{key}' key")
+        if "metric" not in table:
+            raise GateError(f"{source}: {where} needs a 'metric' key")
         if not any(table["metric"].endswith(s) for s in TIME_SUFFIXES):
             raise GateError(f"{source}: {where} metric = '{table['metric']}' is not a duration; timing rules take "
                             f"metrics ending in {', '.join(TIME_SUFFIXES)} (e.g. fit_seconds, recommend_seconds)")
@@ -230,7 +236,7 @@ def parse_rules(raw: dict[str, Any], source: str) -> Rules:
         if floor < 0:
             raise GateError(f"{source}: {where} floor_seconds must be >= 0")
         timing.append(TimingRule(
-            metric=table["metric"], reference=table["reference"],
+            metric=table["metric"], reference=table.get("reference", CALIBRATION),
             max_increase=Tolerance.parse(table.get("max_increase", "200%"), f"{source}: {where} max_increase"),
             floor_seconds=floor, models=_names(table, "models"), datasets=_names(table, "datasets"),
             gate=table.get("gate", True)))
@@ -692,11 +698,28 @@ def _cell_time(cell: CellState, metric: str) -> float | None:
     return sum(values) * scale if values else None
 
 
+def calibration_seconds(snapshot: Snapshot, metric: str = "fit_seconds") -> float | None:
+    """The run's calibration time (``provenance.json["calibration"]``), None if not recorded.
+
+    CPU-time metrics (``*_cpu_seconds``) divide by the calibration's CPU time, wall times by its wall time.
+    """
+    key = "cpu_seconds" if metric.endswith("_cpu_seconds") else "seconds"
+    value = (snapshot.provenance.get("calibration") or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
 def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems: list[str],
                   notes: list[str]) -> list[Check]:
     """One ratio check per model and dataset/split/seed; timings nobody measured on either side are skipped."""
     checks: list[Check] = []
     all_groups = list(baseline.fingerprints)
+    if any(r.reference == CALIBRATION and r.gate for r in rules.timing):
+        for snap, side in ((baseline, "baseline"), (current, "current run")):
+            if any(calibration_seconds(snap, r.metric) is None for r in rules.timing if r.reference == CALIBRATION):
+                problems.append(f"the {side} {snap.source} has no calibration timing (provenance.json "
+                                f"\"calibration\"), the reference of timing rules; "
+                                + ("re-create it with --update-baseline from a run of this bench"
+                                   if side == "baseline" else "run the suite with this version of bench"))
     for metric in rules.timing_metrics:
         for snap, side in ((baseline, "baseline"), (current, "current run")):
             if not any(metric in seg for cell in snap.cells.values() for seg in cell.systems.values()):
@@ -715,20 +738,26 @@ def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems:
             own = {"baseline": _cell_time(base_cell, metric), "current": _cell_time(cur_cell, metric)}
             if own["baseline"] is None and own["current"] is None:
                 continue  # the model serves no segment that records this duration, on either side
-            refs = {"baseline": baseline.cells.get((*group, rule.reference)),
-                    "current": current.cells.get((*group, rule.reference))}
-            missing_ref = [side for side, cell in refs.items() if cell is None]
-            if missing_ref:
-                problems.append(f"timing reference model '{rule.reference}' is missing on {where} in the "
-                                f"{' and '.join(missing_ref)}; timing ratios need it in the same run")
-                continue
-            ref = {side: _cell_time(cell, metric) for side, cell in refs.items()}
-            if ref["baseline"] is None and ref["current"] is None:
-                checks.append(Check("timing", where, "total", model, f"{metric} / {rule.reference}", np.nan, np.nan,
-                                    np.nan, "-", verdict="skip",
-                                    note=f"reference {rule.reference} records no {metric} here (it serves none "
-                                         f"of these segments)"))
-                continue
+            if rule.reference == CALIBRATION:
+                ref = {"baseline": calibration_seconds(baseline, metric),
+                       "current": calibration_seconds(current, metric)}
+                if None in ref.values():
+                    continue  # reported once above
+            else:
+                refs = {"baseline": baseline.cells.get((*group, rule.reference)),
+                        "current": current.cells.get((*group, rule.reference))}
+                missing_ref = [side for side, cell in refs.items() if cell is None]
+                if missing_ref:
+                    problems.append(f"timing reference model '{rule.reference}' is missing on {where} in the "
+                                    f"{' and '.join(missing_ref)}; timing ratios need it in the same run")
+                    continue
+                ref = {side: _cell_time(cell, metric) for side, cell in refs.items()}
+                if ref["baseline"] is None and ref["current"] is None:
+                    checks.append(Check("timing", where, "total", model, f"{metric} / {rule.reference}", np.nan,
+                                        np.nan, np.nan, "-", verdict="skip",
+                                        note=f"reference {rule.reference} records no {metric} here (it serves "
+                                             f"none of these segments)"))
+                    continue
             gaps = [f"{who} in the {side}" for side in ("baseline", "current")
                     for who, value in ((model, own[side]), (rule.reference, ref[side])) if value is None]
             if gaps:
@@ -741,22 +770,25 @@ def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems:
 
 def _timing_check(rule: TimingRule, where: str, model: str, metric: str, base: tuple[float, float],
                   cur: tuple[float, float]) -> Check:
-    """Ratio model/reference now vs in the baseline; durations under the floor count as the floor.
+    """Ratio model/reference now vs in the baseline; the model's durations under the floor count as the floor.
 
-    A reference under the floor cannot cancel the machine's speed (its timing
-    is noise), so such a check is skipped, visibly, rather than passed.
+    A reference model under the floor cannot cancel the machine's speed (its
+    timing is noise), so such a check is skipped, visibly, rather than passed.
+    The calibration reference is a fixed workload sized to be timed well: no
+    floor applies to it.
     """
     floor = rule.floor_seconds
-    ratio_b = max(base[0], floor) / max(base[1], floor)
-    ratio_c = max(cur[0], floor) / max(cur[1], floor)
+    ref_floor = 0.0 if rule.reference == CALIBRATION else floor  # the calibration is a measurement, never noise
+    ratio_b = max(base[0], floor) / max(base[1], ref_floor)
+    ratio_c = max(cur[0], floor) / max(cur[1], ref_floor)
     growth = ratio_c / ratio_b - 1.0
     limit = rule.max_increase.amount  # "200%" and 2.0 both mean: the ratio may triple
     check = Check("timing", where, "total", model, f"{metric} / {rule.reference}", ratio_b, ratio_c,
                   ratio_c - ratio_b, f"+{limit:.0%}",
                   detail={"baseline_seconds": base[0], "baseline_reference_seconds": base[1],
                           "current_seconds": cur[0], "current_reference_seconds": cur[1], "growth": growth,
-                          "floor_seconds": floor})
-    if min(base[1], cur[1]) < floor:
+                          "floor_seconds": floor, "reference": rule.reference})
+    if min(base[1], cur[1]) < ref_floor:
         check.verdict = "skip"
         check.note = (f"reference {rule.reference} took {min(base[1], cur[1]) * 1e3:.1f} ms, under the "
                       f"{floor * 1e3:g} ms floor: a ratio to it would be timer noise")
@@ -817,7 +849,7 @@ def compare(baseline: Snapshot, current: Snapshot, rules: Rules) -> GateResult:
     machine_c = current.provenance.get("machine", {})
     if machine_b and machine_c and machine_b != machine_c:
         notes.append("baseline and current ran on different machines; timing checks compare ratios to a reference "
-                     "model measured in the same run")
+                     "(the calibration workload, or a model) measured in the same run")
     if all(c.verdict == "skip" for c in checks):
         raise GateError(f"no check applies: the rules of {rules.source} match no model or segment of the "
                         f"baseline, or every check was skipped; a gate that checks nothing is not a pass")
@@ -932,7 +964,7 @@ def format_markdown(result: GateResult) -> str:
              f"- current: `{result.current.source}` ({_provenance_line(result.current)})",
              f"- rules: `{result.rules.source}`; an accuracy drop fails only when it exceeds the tolerance AND is "
              f"significant ({result.rules.correction} correction over all accuracy checks); timings are ratios to "
-             f"a reference model of the same run", ""]
+             f"a reference timed in the same run (the calibration workload unless a rule names a model)", ""]
     rows = table_rows(result)
 
     def md(table: list[list[str]]) -> list[str]:

@@ -11,6 +11,7 @@ atomically as they finish, so a killed run keeps every finished cell and
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import sys
 import time
@@ -217,6 +218,12 @@ class CellRunner:
             model: Recommender = cls(seed=self.seed, device=self.config.device, **mspec.params)
             base = self.base_row(mspec, model.params, cid)
             info["model_description"] = model.describe()
+            # cold load apart from fit: the model's declared heavy modules (preload_modules), imported here if
+            # no forkserver or earlier cell of this process did, so fit_seconds never includes an import
+            import_start = time.perf_counter()
+            for module in getattr(cls, "preload_modules", ()):
+                importlib.import_module(module)
+            rows.append(self.system_row(base, "fit", "import_seconds", time.perf_counter() - import_start))
             caches_before = systems.cache_counters()
             fit_cost = systems.measure_fit(lambda: model.fit(self.train), model.size_bytes, model.device)
             caches = systems.caches_used(caches_before, systems.cache_counters())
@@ -401,6 +408,8 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     folder = RunDir(run_dir)
     folder.write_config(config.as_dict())
     prov = provenance.collect(config.device)
+    calibration = systems.calibrate()  # the timing gates' reference, measured in this run (bench.systems)
+    prov["calibration"] = systems.calibration_record(calibration)
     folder.write_provenance(prov)
 
     cells = plan_cells(config)
@@ -477,5 +486,7 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
             f"continue with: bench run --resume {run_dir}")
         raise
     all_rows.extend(grid.selection_rows(all_rows, config.models))  # grids: pick each winner on validation
+    prov["calibration"] = systems.calibration_record(calibration + systems.calibrate())  # start and end
+    folder.write_provenance(prov)
     frame = write_tables(run_dir, all_rows, prov)
     return RunSummary(run_dir, len(cells), len(failures), skipped, frame, failures)

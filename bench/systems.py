@@ -448,3 +448,43 @@ def caches_used(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, 
         if lookups > lookups_before:
             out[name] = "cold" if misses > misses_before else "warm"
     return out
+
+
+# -- calibration ---------------------------------------------------------------------------
+# A fixed workload timed inside every run: the reference that timing gates divide by, so a model's
+# time is compared as "how many calibrations" between two runs, cancelling the machine's speed and
+# much of its load. A dense product (as in every factor model's fit and scoring) and a top-k selection
+# (the heart of serving), on seeded data of fixed size, single-threaded on purpose (einsum, not BLAS):
+# its CPU time then means the same on any core count, and a gate on fit_cpu_seconds can divide by it.
+
+CALIBRATION_WORKLOAD = ("2 x float64 product 384x384 @ 384x384 (einsum, one thread) + top-100 of 1,000,000 "
+                        "(argpartition + sort), seeded")
+CALIBRATION_REPEATS = 2  # at the start and again at the end of a run: the median of all covers drifting load
+
+
+def _calibration_once(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(2):
+        np.einsum("ij,jk->ik", a, b)
+    top = np.argpartition(-x, 100)[:100]
+    top[np.argsort(-x[top])]
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def calibrate(repeats: int = CALIBRATION_REPEATS) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each of ``repeats`` runs of the calibration workload.
+
+    About 0.04 s of CPU each on the development machine (0.16 s wall when it was loaded with 16
+    runnable processes on 2 cores); shorter workloads proved too noisy to divide by.
+    """
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((384, 384)), rng.standard_normal((384, 384))
+    x = rng.standard_normal(1_000_000)
+    _calibration_once(a, b, x)  # untimed: the first run pays page faults of its temporaries (~2x slower)
+    return [_calibration_once(a, b, x) for _ in range(repeats)]
+
+
+def calibration_record(runs: list[tuple[float, float]]) -> dict[str, Any]:
+    """What ``provenance.json["calibration"]`` holds: median wall and CPU seconds, every run, the workload."""
+    return {"seconds": float(np.median([w for w, _ in runs])), "cpu_seconds": float(np.median([c for _, c in runs])),
+            "runs": [[float(w), float(c)] for w, c in runs], "workload": CALIBRATION_WORKLOAD}

@@ -187,7 +187,7 @@ def test_missing_model_and_metric_are_usage_errors():
     ({"accuracy": [{"metric": "ndgc@10"}]}, "did you mean 'ndcg'"),
     ({"accuracy": [{"metric": "ndcg@10", "test": "wilcoxon"}]}, "test = 'wilcoxon' is unknown"),
     ({"timing": [{"metric": "users_per_second", "reference": "pop"}]}, "not a duration"),
-    ({"timing": [{"metric": "fit_seconds"}]}, "needs a 'reference'"),
+    ({"timing": [{"reference": "pop"}]}, "needs a 'metric'"),
     ({}, "checks nothing"),
 ])
 def test_bad_rules_name_the_culprit(raw, message):
@@ -198,7 +198,7 @@ def test_bad_rules_name_the_culprit(raw, message):
 def test_default_rules_ship_as_package_data():
     rules_ = gate.load_rules()
     assert rules_.accuracy_metrics == ["ndcg@10", "recall@10"]
-    assert {r.reference for r in rules_.timing} == {"pop"}
+    assert {r.reference for r in rules_.timing} == {"calibration"}
 
 
 def _two_seeds(snap: Snapshot) -> Snapshot:
@@ -223,3 +223,61 @@ def test_seeds_are_not_extra_users():
     assert both.p_value == pytest.approx(one.p_value) == pytest.approx(1 - 1 / math.sqrt(3))
     assert both.detail["n"] == 3 and both.detail["seeds"] == [0, 1]
     assert both.where == "synthetic/random/seeds=0,1" and both.delta == pytest.approx(-0.1)
+
+
+def _calibrated(snap: Snapshot, seconds: float, cpu_seconds: float | None = None) -> Snapshot:
+    snap.provenance = {"calibration": {"seconds": seconds, "cpu_seconds": cpu_seconds or seconds}}
+    return snap
+
+
+def test_timing_divides_by_the_runs_calibration():
+    """Default reference: the run's calibration workload. Baseline: als fit 1.0 s / calibration 0.2 s = 5.
+
+    A machine twice as slow (calibration 0.4 s, fit 2.0 s): ratio 5, +0% -> pass. The same machine with a 3x
+    slower fit (3.0 s): ratio 15 = +200% > +100% -> fail. pop's 0.2 ms fit counts as the 0.25 s floor:
+    1.25 on both sides of the first pair, measured rather than skipped.
+    """
+    rule = {"timing": [{"metric": "fit_seconds", "max_increase": "100%", "floor_seconds": 0.25}]}
+    values = {"als": {"ndcg@10": [0.5]}, "pop": {"ndcg@10": [0.5]}}
+
+    def snap(als: float, calibration: float) -> Snapshot:
+        return _calibrated(snapshot(values, systems={"als": {"fit": {"fit_seconds": als}},
+                                                     "pop": {"fit": {"fit_seconds": 0.0002}}}), calibration)
+
+    result = compare(snap(1.0, 0.2), snap(2.0, 0.4), rules(rule))
+    checks = {c.model: c for c in result.checks}
+    assert (checks["als"].baseline, checks["als"].current, checks["als"].verdict) == (5.0, 5.0, "pass")
+    assert checks["als"].metric == "fit_seconds / calibration"
+    assert checks["pop"].baseline == pytest.approx(1.25) and checks["pop"].verdict == "pass"
+    slower = {c.model: c for c in compare(snap(1.0, 0.2), snap(3.0, 0.2), rules(rule)).checks}
+    assert slower["als"].current == 15.0 and slower["als"].detail["growth"] == pytest.approx(2.0)
+    assert slower["als"].verdict == "fail" and slower["pop"].verdict == "pass"
+
+
+def test_cpu_time_rules_divide_by_the_calibrations_cpu_time():
+    rule = {"timing": [{"metric": "fit_cpu_seconds", "max_increase": "100%", "floor_seconds": 0.01}]}
+    values = {"als": {"ndcg@10": [0.5]}}
+    base = _calibrated(snapshot(values, systems={"als": {"fit": {"fit_cpu_seconds": 0.8}}}), 0.5, 0.1)
+    cur = _calibrated(snapshot(values, systems={"als": {"fit": {"fit_cpu_seconds": 0.8}}}), 2.0, 0.1)
+    check = only_check(compare(base, cur, rules(rule)))  # wall calibration 4x slower: irrelevant to CPU time
+    assert (check.baseline, check.current, check.verdict) == (8.0, 8.0, "pass")
+
+
+def test_missing_calibration_is_a_usage_error():
+    rule = {"timing": [{"metric": "fit_seconds"}]}
+    values = {"als": {"ndcg@10": [0.5]}}
+    base = snapshot(values, systems={"als": {"fit": {"fit_seconds": 1.0}}})
+    with pytest.raises(GateError, match="no calibration timing"):
+        compare(base, _calibrated(snapshot(values, systems={"als": {"fit": {"fit_seconds": 1.0}}}), 0.2),
+                rules(rule))
+
+
+def test_shipped_rules_time_the_committed_smoke_baseline():
+    """Before, every timing check of the smoke gate was skipped (reference pop under the floor): none may be."""
+    from pathlib import Path
+
+    baseline = gate.load_baseline(Path(__file__).resolve().parents[1] / "reports" / "baselines" / "smoke.json")
+    result = compare(baseline, baseline, gate.load_rules())
+    timing = [c for c in result.checks if c.kind == "timing"]
+    assert timing and all(c.verdict == "pass" for c in timing)
+    assert {c.model for c in timing if c.metric == "fit_seconds / calibration"} >= {"als", "ease", "bpr"}

@@ -50,6 +50,7 @@ COMPARE_METHOD = ("paired t-test over the users both runs scored (each user aver
 
 # k = 0 figures and how to show them: name -> (column title, unit formatter key)
 FIT_FIGURES: dict[str, str] = {
+    "import_seconds": "imports (s, cold load before fit)",
     "fit_seconds": "fit wall (s)",
     "fit_cpu_seconds": "fit CPU (s)",
     "model_bytes": "model size",
