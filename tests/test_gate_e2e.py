@@ -94,7 +94,8 @@ params = {{ user_fraction = 0.2, shots = [1, 5] }}
 """
 
 
-def als_models(init_seed: int = 0, noise: float = 0.0, fit_repeats: int = 1, size: str = "factors = 16, iterations = 10") -> str:
+def als_models(init_seed: int = 0, noise: float = 0.0, fit_repeats: int = 1,
+               size: str = "factors = 16, iterations = 10") -> str:
     return f"""
 [[models]]
 name = "pop"

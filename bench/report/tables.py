@@ -37,16 +37,18 @@ import pandas as pd
 from bench import registry
 from bench.metrics import DEFAULT_METRICS
 from bench.report.rundata import RunData
-from bench.systems import TOO_FEW
 from bench.stats import (average_over_seeds, bootstrap_ci, holm_adjust, paired_ttest_pvalues, paired_user_means,
                          seed_spread, seed_user_keys, welch_ttest_pvalue)
+from bench.systems import TOO_FEW
 
 ALPHA = 0.05
 SIGNIFICANCE_METHOD = ("two-sided paired t-test over users (values paired by seed and user id, each user's "
-                       "values averaged over its seeds, so a seed never counts as extra users; scipy.stats.ttest_rel), Holm-Bonferroni correction over the models compared with the "
+                       "values averaged over its seeds, so a seed never counts as extra users; "
+                       "scipy.stats.ttest_rel), Holm-Bonferroni correction over the models compared with the "
                        f"best in each column, alpha = {ALPHA}")
-COMPARE_METHOD = ("paired t-test over the users both runs scored (each user averaged over its seeds) when their split fingerprints match, otherwise "
-                  f"Welch's t-test; Holm-Bonferroni correction over all deltas of a table, alpha = {ALPHA}")
+COMPARE_METHOD = ("paired t-test over the users both runs scored (each user averaged over its seeds) when their "
+                  "split fingerprints match, otherwise Welch's t-test; Holm-Bonferroni correction over all deltas "
+                  f"of a table, alpha = {ALPHA}")
 
 # k = 0 figures and how to show them: name -> (column title, unit formatter key)
 FIT_FIGURES: dict[str, str] = {
