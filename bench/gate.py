@@ -708,6 +708,13 @@ def calibration_seconds(snapshot: Snapshot, metric: str = "fit_seconds") -> floa
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
 
 
+def _cell_calibration(cell: CellState, metric: str) -> float | None:
+    """The calibration timed around this cell's fit (rows ``calibration_seconds`` / ``_cpu_seconds``)."""
+    name = "calibration_cpu_seconds" if metric.endswith("_cpu_seconds") else "calibration_seconds"
+    value = cell.systems.get("fit", {}).get(name)
+    return float(value) if value is not None and math.isfinite(value) and value > 0 else None
+
+
 def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems: list[str],
                   notes: list[str]) -> list[Check]:
     """One ratio check per model and dataset/split/seed; timings nobody measured on either side are skipped."""
@@ -715,7 +722,10 @@ def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems:
     all_groups = list(baseline.fingerprints)
     if any(r.reference == CALIBRATION and r.gate for r in rules.timing):
         for snap, side in ((baseline, "baseline"), (current, "current run")):
-            if any(calibration_seconds(snap, r.metric) is None for r in rules.timing if r.reference == CALIBRATION):
+            measured = [calibration_seconds(snap, r.metric) is not None
+                        or any(_cell_calibration(c, r.metric) for c in snap.cells.values())
+                        for r in rules.timing if r.reference == CALIBRATION]
+            if not all(measured):
                 problems.append(f"the {side} {snap.source} has no calibration timing (provenance.json "
                                 f"\"calibration\"), the reference of timing rules; "
                                 + ("re-create it with --update-baseline from a run of this bench"
@@ -738,9 +748,9 @@ def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems:
             own = {"baseline": _cell_time(base_cell, metric), "current": _cell_time(cur_cell, metric)}
             if own["baseline"] is None and own["current"] is None:
                 continue  # the model serves no segment that records this duration, on either side
-            if rule.reference == CALIBRATION:
-                ref = {"baseline": calibration_seconds(baseline, metric),
-                       "current": calibration_seconds(current, metric)}
+            if rule.reference == CALIBRATION:  # the cell's own bracket of its fit, else the run's
+                ref = {"baseline": _cell_calibration(base_cell, metric) or calibration_seconds(baseline, metric),
+                       "current": _cell_calibration(cur_cell, metric) or calibration_seconds(current, metric)}
                 if None in ref.values():
                     continue  # reported once above
             else:

@@ -224,9 +224,15 @@ class CellRunner:
             for module in getattr(cls, "preload_modules", ()):
                 importlib.import_module(module)
             rows.append(self.system_row(base, "fit", "import_seconds", time.perf_counter() - import_start))
+            calibration = systems.Calibration()  # bracket the fit: the timing gates' reference for this cell
+            bracket = [calibration.run()]
             caches_before = systems.cache_counters()
             fit_cost = systems.measure_fit(lambda: model.fit(self.train), model.size_bytes, model.device)
             caches = systems.caches_used(caches_before, systems.cache_counters())
+            bracket.append(calibration.run())
+            cell_calibration = systems.calibration_record(bracket)
+            rows.append(self.system_row(base, "fit", "calibration_seconds", cell_calibration["seconds"]))
+            rows.append(self.system_row(base, "fit", "calibration_cpu_seconds", cell_calibration["cpu_seconds"]))
             info["fit_seconds"], info["fit_cpu_seconds"] = fit_cost.wall_seconds, fit_cost.cpu_seconds
             # caches_warm: the fit reused something an earlier cell of this process loaded (isolation = "none"),
             # so its fit_seconds leaves out a load that a cold process pays; None: it used no process cache

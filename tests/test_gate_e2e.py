@@ -188,7 +188,11 @@ def test_reseeded_model_passes(workspace):
     # cold-start segments for some seeds): the 5% tolerance and the Holm-corrected paired test keep that
     # noise from failing CI, while the degraded model above fails with adjusted p < 0.001.
     current = run(workspace["tmp"], "reseeded", suite_text(models=als_models(init_seed=1)))
-    assert gate("--current", current, "--baseline", workspace["baseline"]) == 0
+    # accuracy rules only: this test is about accuracy noise; these in-process, multi-threaded ALS fits are not
+    # what the timing rules are tuned for (see test_default_timing_gate_fails_a_3x_slower_als_fit_but_...)
+    rules = workspace["tmp"] / "accuracy-only.toml"
+    rules.write_text('[[accuracy]]\nmetric = "ndcg@10"\n\n[[accuracy]]\nmetric = "recall@10"\n')
+    assert gate("--current", current, "--baseline", workspace["baseline"], "--rules", rules) == 0
     result = verdict(current)
     moved = [c for c in result["checks"] if c["kind"] == "accuracy" and c["model"] == "als" and c["delta"] != 0]
     assert moved, "the new seed should change ALS's numbers; otherwise this test proves nothing"

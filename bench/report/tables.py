@@ -60,6 +60,8 @@ FIT_FIGURES: dict[str, str] = {
     "fit_rss_increase_mb": "fit RSS increase (MB)",
     "fit_peak_gpu_mb": "fit peak GPU (MB)",
     "fit_caches_warm": "fit found process caches warm (1 = yes)",
+    "calibration_seconds": "calibration around fit (s)",
+    "calibration_cpu_seconds": "calibration around fit (CPU s)",
 }
 SERVE_FIGURES: dict[str, str] = {
     "latency_mean_ms": "latency mean (ms)",
