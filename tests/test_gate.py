@@ -281,3 +281,18 @@ def test_shipped_rules_time_the_committed_smoke_baseline():
     timing = [c for c in result.checks if c.kind == "timing"]
     assert timing and all(c.verdict == "pass" for c in timing)
     assert {c.model for c in timing if c.metric == "fit_seconds / calibration"} >= {"als", "ease", "bpr"}
+
+
+def test_a_cells_own_calibration_is_preferred_to_the_runs():
+    """The calibration timed around a cell's fit tracks the load that fit met: 1.0 s / 0.25 s = 4 in the
+    baseline; now the fit took 2.0 s while its cell's calibration took 0.5 s (load came), though the run's
+    start/end calibration says 0.2 s: ratio 4, +0% -> pass (the run-level figure would read +150%)."""
+    rule = {"timing": [{"metric": "fit_seconds", "max_increase": "100%", "floor_seconds": 0.25}]}
+    values = {"als": {"ndcg@10": [0.5]}}
+    base = _calibrated(snapshot(values, systems={"als": {"fit": {"fit_seconds": 1.0, "calibration_seconds": 0.25}}}),
+                       0.25)
+    cur = _calibrated(snapshot(values, systems={"als": {"fit": {"fit_seconds": 2.0, "calibration_seconds": 0.5}}}),
+                      0.2)
+    check = only_check(compare(base, cur, rules(rule)))
+    assert (check.baseline, check.current, check.verdict) == (4.0, 4.0, "pass")
+    assert check.detail["current_reference_seconds"] == 0.5
