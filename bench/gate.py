@@ -788,9 +788,15 @@ def _timing_check(rule: TimingRule, where: str, model: str, metric: str, base: t
     floor applies to it.
     """
     floor = rule.floor_seconds
-    ref_floor = 0.0 if rule.reference == CALIBRATION else floor  # the calibration is a measurement, never noise
+    if rule.reference == CALIBRATION:
+        # The calibration is a measurement, never noise: no floor for it. The model's floor is in the baseline's
+        # seconds and moves with the calibration, so a duration under it on both sides compares equal (+0%)
+        # however the calibration moved.
+        ref_floor, floor_c = 0.0, floor * cur[1] / base[1]
+    else:
+        ref_floor, floor_c = floor, floor
     ratio_b = max(base[0], floor) / max(base[1], ref_floor)
-    ratio_c = max(cur[0], floor) / max(cur[1], ref_floor)
+    ratio_c = max(cur[0], floor_c) / max(cur[1], ref_floor)
     growth = ratio_c / ratio_b - 1.0
     limit = rule.max_increase.amount  # "200%" and 2.0 both mean: the ratio may triple
     check = Check("timing", where, "total", model, f"{metric} / {rule.reference}", ratio_b, ratio_c,

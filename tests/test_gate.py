@@ -296,3 +296,20 @@ def test_a_cells_own_calibration_is_preferred_to_the_runs():
     check = only_check(compare(base, cur, rules(rule)))
     assert (check.baseline, check.current, check.verdict) == (4.0, 4.0, "pass")
     assert check.detail["current_reference_seconds"] == 0.5
+
+
+def test_durations_under_the_floor_on_both_sides_compare_equal():
+    """pop fits in 0.2 ms, then 0.3 ms; its cell's calibration went from 0.3 s to 0.1 s. Both fits count as
+    the 0.25 s floor (in the baseline's seconds, scaled with the calibration: 0.0833 s now): +0%, not the
+    +200% that dividing one fixed floor by a calibration three times smaller would claim."""
+    rule = {"timing": [{"metric": "fit_seconds", "max_increase": "100%", "floor_seconds": 0.25}]}
+    values = {"pop": {"ndcg@10": [0.5]}}
+    base = snapshot(values, systems={"pop": {"fit": {"fit_seconds": 0.0002, "calibration_seconds": 0.3}}})
+    cur = snapshot(values, systems={"pop": {"fit": {"fit_seconds": 0.0003, "calibration_seconds": 0.1}}})
+    check = only_check(compare(base, cur, rules(rule)))
+    assert check.baseline == pytest.approx(0.25 / 0.3) and check.current == pytest.approx(0.25 / 0.3)
+    assert check.verdict == "pass"
+    # a real slowdown on the faster machine: 0.5 s now = 1.5 s in baseline seconds, 6x the floored 0.25 s
+    slow = snapshot(values, systems={"pop": {"fit": {"fit_seconds": 0.5, "calibration_seconds": 0.1}}})
+    check = only_check(compare(base, slow, rules(rule)))
+    assert check.detail["growth"] == pytest.approx(5.0) and check.verdict == "fail"
