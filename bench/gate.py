@@ -8,12 +8,17 @@ pass when it only moves numbers within noise. Three ideas make that work:
   drop just like a fall in ``ndcg``.
 * **Significance on per-user values.** An accuracy drop fails only when it is
   larger than the rule's tolerance AND the paired test on the same users says
-  it is real (family-wise corrected over all checks). Baselines therefore keep
+  it is real (family-wise corrected over all checks). Seeds are not extra
+  users: with several seeds, one check covers them all, each user's values
+  averaged over its seeds first (``bench.stats``, the report's rule too). Baselines therefore keep
   the per-user values of every gated metric, not just the means.
 * **Machine-independent timings.** A model's time is divided by a reference
-  model's time measured in the same run (``als / pop``), and that ratio is
-  compared with the same ratio in the baseline, so a slower CI machine does
-  not fail the gate but a model that got slower relative to the others does.
+  measured in the same run, and that ratio is compared with the same ratio in
+  the baseline, so a slower CI machine does not fail the gate but a model that
+  got slower does. The default reference is the run's calibration workload
+  (``bench.systems.calibrate``: fixed numpy work timed at the start and end of
+  every run, recorded in provenance.json), which is always long enough to
+  time; a model label as reference (``als / pop``) is still accepted.
 
 A comparison that cannot be made (missing baseline, model, metric, segment,
 mismatched suite or split fingerprints) is a usage problem, never a pass:
@@ -106,9 +111,13 @@ class AccuracyRule:
                 and (self.datasets is None or dataset in self.datasets))
 
 
+CALIBRATION = "calibration"  # the reference of a timing rule that means the run's calibration workload
+
+
 @dataclass(frozen=True)
 class TimingRule:
-    """Gate a duration (``fit_seconds``...) as a ratio to ``reference``'s duration in the same run."""
+    """Gate a duration (``fit_seconds``...) as a ratio to ``reference`` in the same run: the calibration
+    workload (:data:`CALIBRATION`, the default) or a model label's same duration."""
 
     metric: str
     reference: str
@@ -218,9 +227,8 @@ def parse_rules(raw: dict[str, Any], source: str) -> Rules:
     for i, table in enumerate(raw.get("timing", [])):
         where = f"[[timing]] #{i + 1}"
         _check_table(table, _TIMING_KEYS, where, source)
-        for key in ("metric", "reference"):
-            if key not in table:
-                raise GateError(f"{source}: {where} needs a '{key}' key")
+        if "metric" not in table:
+            raise GateError(f"{source}: {where} needs a 'metric' key")
         if not any(table["metric"].endswith(s) for s in TIME_SUFFIXES):
             raise GateError(f"{source}: {where} metric = '{table['metric']}' is not a duration; timing rules take "
                             f"metrics ending in {', '.join(TIME_SUFFIXES)} (e.g. fit_seconds, recommend_seconds)")
@@ -228,7 +236,7 @@ def parse_rules(raw: dict[str, Any], source: str) -> Rules:
         if floor < 0:
             raise GateError(f"{source}: {where} floor_seconds must be >= 0")
         timing.append(TimingRule(
-            metric=table["metric"], reference=table["reference"],
+            metric=table["metric"], reference=table.get("reference", CALIBRATION),
             max_increase=Tolerance.parse(table.get("max_increase", "200%"), f"{source}: {where} max_increase"),
             floor_seconds=floor, models=_names(table, "models"), datasets=_names(table, "datasets"),
             gate=table.get("gate", True)))
@@ -543,7 +551,18 @@ def _resolve(rules: list[Any], *match_args: Any) -> Any:
     return chosen
 
 
+def _seeds_label(dataset: str, split: str, params: str, seeds: list[int], all_keys: Iterable[GroupKey]) -> str:
+    """``synthetic/random/seed=0``, or ``.../seeds=0,1`` for a check over several seeds."""
+    label = group_label((dataset, split, params, seeds[0]), all_keys)
+    return label if len(seeds) == 1 else label.replace(f"/seed={seeds[0]}", "/seeds=" + ",".join(map(str, seeds)), 1)
+
+
 def accuracy_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems: list[str]) -> list[Check]:
+    """One check per dataset/split x model x segment x metric, over the users of every seed.
+
+    Seeds are not extra users (the rule of ``bench.stats``, shared with the report): the values of
+    all seeds are paired by (seed, user), averaged per user over its seeds, and tested over users.
+    """
     checks: list[Check] = []
     all_groups = list(baseline.fingerprints)
     for metric in rules.accuracy_metrics:
@@ -558,6 +577,8 @@ def accuracy_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problem
             problems.append(f"metric {metric} is missing in the current run {current.source}; does the suite "
                             f"still score it (evaluation.k, evaluation.metrics)?")
             continue
+        pooled: dict[tuple[str, str, str, str, str], list[tuple[int, SegmentValues, SegmentValues]]] = {}
+        pooled_rule: dict[tuple[str, str, str, str, str], AccuracyRule] = {}
         for key, base_cell in sorted(baseline.cells.items()):
             group, model = key[:4], key[4]
             where = group_label(group, all_groups)
@@ -582,29 +603,49 @@ def accuracy_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problem
                                         verdict="skip", note="ranked by the first stage, not the model (it "
                                         "ranked fewer than k positions): not compared as the model's"))
                     continue
-                checks.append(_accuracy_check(rule, where, seg_name, model, metric, higher_is_better, base_seg,
-                                              cur_seg, rules.resamples, problems))
+                pkey = (group[0], group[1], group[2], model, seg_name)
+                pooled.setdefault(pkey, []).append((group[3], base_seg, cur_seg))
+                pooled_rule[pkey] = rule
+        for pkey, entries in pooled.items():
+            dataset, split, params, model, seg_name = pkey
+            where = _seeds_label(dataset, split, params, [seed for seed, _, _ in entries], all_groups)
+            checks.append(_accuracy_check(pooled_rule[pkey], where, seg_name, model, metric, higher_is_better,
+                                          entries, rules.resamples, problems))
     return checks
 
 
 def _accuracy_check(rule: AccuracyRule, where: str, segment: str, model: str, metric: str, higher_is_better: bool,
-                    base: SegmentValues, cur: SegmentValues, resamples: int, problems: list[str]) -> Check:
-    gaps = [side for side, seg in (("baseline", base), ("current run", cur)) if metric not in seg.means]
+                    entries: list[tuple[int, SegmentValues, SegmentValues]], resamples: int,
+                    problems: list[str]) -> Check:
+    """The check of one metric over the seeds in ``entries`` (seed, baseline segment, current segment)."""
+    gaps = sorted({side for _, base, cur in entries for side, seg in (("baseline", base), ("current run", cur))
+                   if metric not in seg.means})
     if gaps:  # e.g. ild on a data set without categories: undefined, not zero
         problems.append(f"{metric} is missing for {model} on {where} {segment} in the {' and the '.join(gaps)}; "
                         f"exempt it with a rule (gate = false) or gate another metric")
-    b, c = base.means.get(metric, np.nan), cur.means.get(metric, np.nan)
+    b = float(np.mean([base.means.get(metric, np.nan) for _, base, _ in entries]))
+    c = float(np.mean([cur.means.get(metric, np.nan) for _, _, cur in entries]))
     check = Check("accuracy", where, segment, model, metric, b, c, c - b, f"-{rule.max_drop}",
                   tolerance=rule.max_drop,
-                  detail={"higher_is_better": higher_is_better, "alpha": rule.alpha, "test": rule.test})
-    if metric in base.per_user and metric in cur.per_user:
-        if base.users is None or cur.users is None or not np.array_equal(base.users, cur.users):
-            problems.append(f"{where} {segment} {model}: the test users differ between baseline and current run "
-                            f"although the split fingerprint matches (was evaluation.max_test_users or the "
-                            f"model's own max_test_users changed?); "
-                            f"a paired comparison needs the same users")
-            return check
-        cur_values, base_values = cur.per_user[metric], base.per_user[metric]
+                  detail={"higher_is_better": higher_is_better, "alpha": rule.alpha, "test": rule.test,
+                          "seeds": [seed for seed, _, _ in entries]})
+    if all(metric in base.per_user and metric in cur.per_user for _, base, cur in entries):
+        for _, base, cur in entries:
+            if base.users is None or cur.users is None or not np.array_equal(base.users, cur.users):
+                problems.append(f"{where} {segment} {model}: the test users differ between baseline and current "
+                                f"run although the split fingerprint matches (was evaluation.max_test_users or the "
+                                f"model's own max_test_users changed?); a paired comparison needs the same users")
+                return check
+        from bench.stats import paired_user_means, seed_user_keys
+
+        keys = np.concatenate([seed_user_keys(np.full(len(base.users), seed), base.users)
+                               for seed, base, _ in entries])
+        _, base_values, cur_values = paired_user_means(
+            keys, np.concatenate([base.per_user[metric] for _, base, _ in entries]),
+            keys, np.concatenate([cur.per_user[metric] for _, _, cur in entries]))
+        if len(entries) > 1:  # the value tested is the mean over users of their seed means
+            check.baseline, check.current = float(base_values.mean()), float(cur_values.mean())
+            check.delta = check.current - check.baseline
         check.p_value, check.ci_low, check.ci_high = _paired(cur_values, base_values, rule.test, resamples,
                                                              1.0 - rule.alpha)
         check.detail["n"] = int(len(cur_values))
@@ -657,11 +698,38 @@ def _cell_time(cell: CellState, metric: str) -> float | None:
     return sum(values) * scale if values else None
 
 
+def calibration_seconds(snapshot: Snapshot, metric: str = "fit_seconds") -> float | None:
+    """The run's calibration time (``provenance.json["calibration"]``), None if not recorded.
+
+    CPU-time metrics (``*_cpu_seconds``) divide by the calibration's CPU time, wall times by its wall time.
+    """
+    key = "cpu_seconds" if metric.endswith("_cpu_seconds") else "seconds"
+    value = (snapshot.provenance.get("calibration") or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
+def _cell_calibration(cell: CellState, metric: str) -> float | None:
+    """The calibration timed around this cell's fit (rows ``calibration_seconds`` / ``_cpu_seconds``)."""
+    name = "calibration_cpu_seconds" if metric.endswith("_cpu_seconds") else "calibration_seconds"
+    value = cell.systems.get("fit", {}).get(name)
+    return float(value) if value is not None and math.isfinite(value) and value > 0 else None
+
+
 def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems: list[str],
                   notes: list[str]) -> list[Check]:
     """One ratio check per model and dataset/split/seed; timings nobody measured on either side are skipped."""
     checks: list[Check] = []
     all_groups = list(baseline.fingerprints)
+    if any(r.reference == CALIBRATION and r.gate for r in rules.timing):
+        for snap, side in ((baseline, "baseline"), (current, "current run")):
+            measured = [calibration_seconds(snap, r.metric) is not None
+                        or any(_cell_calibration(c, r.metric) for c in snap.cells.values())
+                        for r in rules.timing if r.reference == CALIBRATION]
+            if not all(measured):
+                problems.append(f"the {side} {snap.source} has no calibration timing (provenance.json "
+                                f"\"calibration\"), the reference of timing rules; "
+                                + ("re-create it with --update-baseline from a run of this bench"
+                                   if side == "baseline" else "run the suite with this version of bench"))
     for metric in rules.timing_metrics:
         for snap, side in ((baseline, "baseline"), (current, "current run")):
             if not any(metric in seg for cell in snap.cells.values() for seg in cell.systems.values()):
@@ -680,20 +748,26 @@ def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems:
             own = {"baseline": _cell_time(base_cell, metric), "current": _cell_time(cur_cell, metric)}
             if own["baseline"] is None and own["current"] is None:
                 continue  # the model serves no segment that records this duration, on either side
-            refs = {"baseline": baseline.cells.get((*group, rule.reference)),
-                    "current": current.cells.get((*group, rule.reference))}
-            missing_ref = [side for side, cell in refs.items() if cell is None]
-            if missing_ref:
-                problems.append(f"timing reference model '{rule.reference}' is missing on {where} in the "
-                                f"{' and '.join(missing_ref)}; timing ratios need it in the same run")
-                continue
-            ref = {side: _cell_time(cell, metric) for side, cell in refs.items()}
-            if ref["baseline"] is None and ref["current"] is None:
-                checks.append(Check("timing", where, "total", model, f"{metric} / {rule.reference}", np.nan, np.nan,
-                                    np.nan, "-", verdict="skip",
-                                    note=f"reference {rule.reference} records no {metric} here (it serves none "
-                                         f"of these segments)"))
-                continue
+            if rule.reference == CALIBRATION:  # the cell's own bracket of its fit, else the run's
+                ref = {"baseline": _cell_calibration(base_cell, metric) or calibration_seconds(baseline, metric),
+                       "current": _cell_calibration(cur_cell, metric) or calibration_seconds(current, metric)}
+                if None in ref.values():
+                    continue  # reported once above
+            else:
+                refs = {"baseline": baseline.cells.get((*group, rule.reference)),
+                        "current": current.cells.get((*group, rule.reference))}
+                missing_ref = [side for side, cell in refs.items() if cell is None]
+                if missing_ref:
+                    problems.append(f"timing reference model '{rule.reference}' is missing on {where} in the "
+                                    f"{' and '.join(missing_ref)}; timing ratios need it in the same run")
+                    continue
+                ref = {side: _cell_time(cell, metric) for side, cell in refs.items()}
+                if ref["baseline"] is None and ref["current"] is None:
+                    checks.append(Check("timing", where, "total", model, f"{metric} / {rule.reference}", np.nan,
+                                        np.nan, np.nan, "-", verdict="skip",
+                                        note=f"reference {rule.reference} records no {metric} here (it serves "
+                                             f"none of these segments)"))
+                    continue
             gaps = [f"{who} in the {side}" for side in ("baseline", "current")
                     for who, value in ((model, own[side]), (rule.reference, ref[side])) if value is None]
             if gaps:
@@ -706,22 +780,31 @@ def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems:
 
 def _timing_check(rule: TimingRule, where: str, model: str, metric: str, base: tuple[float, float],
                   cur: tuple[float, float]) -> Check:
-    """Ratio model/reference now vs in the baseline; durations under the floor count as the floor.
+    """Ratio model/reference now vs in the baseline; the model's durations under the floor count as the floor.
 
-    A reference under the floor cannot cancel the machine's speed (its timing
-    is noise), so such a check is skipped, visibly, rather than passed.
+    A reference model under the floor cannot cancel the machine's speed (its
+    timing is noise), so such a check is skipped, visibly, rather than passed.
+    The calibration reference is a fixed workload sized to be timed well: no
+    floor applies to it.
     """
     floor = rule.floor_seconds
-    ratio_b = max(base[0], floor) / max(base[1], floor)
-    ratio_c = max(cur[0], floor) / max(cur[1], floor)
+    if rule.reference == CALIBRATION:
+        # The calibration is a measurement, never noise: no floor for it. The model's floor is in the baseline's
+        # seconds and moves with the calibration, so a duration under it on both sides compares equal (+0%)
+        # however the calibration moved.
+        ref_floor, floor_c = 0.0, floor * cur[1] / base[1]
+    else:
+        ref_floor, floor_c = floor, floor
+    ratio_b = max(base[0], floor) / max(base[1], ref_floor)
+    ratio_c = max(cur[0], floor_c) / max(cur[1], ref_floor)
     growth = ratio_c / ratio_b - 1.0
     limit = rule.max_increase.amount  # "200%" and 2.0 both mean: the ratio may triple
     check = Check("timing", where, "total", model, f"{metric} / {rule.reference}", ratio_b, ratio_c,
                   ratio_c - ratio_b, f"+{limit:.0%}",
                   detail={"baseline_seconds": base[0], "baseline_reference_seconds": base[1],
                           "current_seconds": cur[0], "current_reference_seconds": cur[1], "growth": growth,
-                          "floor_seconds": floor})
-    if min(base[1], cur[1]) < floor:
+                          "floor_seconds": floor, "reference": rule.reference})
+    if min(base[1], cur[1]) < ref_floor:
         check.verdict = "skip"
         check.note = (f"reference {rule.reference} took {min(base[1], cur[1]) * 1e3:.1f} ms, under the "
                       f"{floor * 1e3:g} ms floor: a ratio to it would be timer noise")
@@ -782,7 +865,7 @@ def compare(baseline: Snapshot, current: Snapshot, rules: Rules) -> GateResult:
     machine_c = current.provenance.get("machine", {})
     if machine_b and machine_c and machine_b != machine_c:
         notes.append("baseline and current ran on different machines; timing checks compare ratios to a reference "
-                     "model measured in the same run")
+                     "(the calibration workload, or a model) measured in the same run")
     if all(c.verdict == "skip" for c in checks):
         raise GateError(f"no check applies: the rules of {rules.source} match no model or segment of the "
                         f"baseline, or every check was skipped; a gate that checks nothing is not a pass")
@@ -897,7 +980,7 @@ def format_markdown(result: GateResult) -> str:
              f"- current: `{result.current.source}` ({_provenance_line(result.current)})",
              f"- rules: `{result.rules.source}`; an accuracy drop fails only when it exceeds the tolerance AND is "
              f"significant ({result.rules.correction} correction over all accuracy checks); timings are ratios to "
-             f"a reference model of the same run", ""]
+             f"a reference timed in the same run (the calibration workload unless a rule names a model)", ""]
     rows = table_rows(result)
 
     def md(table: list[list[str]]) -> list[str]:

@@ -42,7 +42,8 @@ class ResultRow:
     ci_low: float
     ci_high: float
     n: int  # users the value is averaged over (0 for systems figures)
-    status: str  # "ok", "unsupported" (not served), "first_stage" (positions a first stage ranked), "failed"
+    status: str  # "ok", "unsupported" (not served), "first_stage" (positions a first stage ranked), "failed",
+    # "too_few_requests" (a latency percentile from too few requests, bench.systems.TOO_FEW)
     cell_id: str
 
 

@@ -5,7 +5,7 @@ through :class:`RunDir`; no other module opens these files, so the format of a r
 lives in one place. Layout of ``reports/runs/<run>/``::
 
     config.json                     the suite exactly as run (``bench run --resume`` reads it)
-    provenance.json                 git, packages, machine, device
+    provenance.json                 git, packages, machine, device, calibration timing (bench.systems)
     results.csv, results.json       the tidy table (bench.results); .json = rows + provenance
     splits/<fp>.npz                 index arrays of every split, named by its fingerprint
     splits/<fp>-seed<seed>-<protocol>-<pool>.npz   sampled negatives / candidates (bench.protocols)

@@ -11,6 +11,7 @@ atomically as they finish, so a killed run keeps every finished cell and
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import sys
 import time
@@ -217,12 +218,32 @@ class CellRunner:
             model: Recommender = cls(seed=self.seed, device=self.config.device, **mspec.params)
             base = self.base_row(mspec, model.params, cid)
             info["model_description"] = model.describe()
+            # cold load apart from fit: the model's declared heavy modules (preload_modules), imported here if
+            # no forkserver or earlier cell of this process did, so fit_seconds never includes an import
+            import_start = time.perf_counter()
+            for module in getattr(cls, "preload_modules", ()):
+                importlib.import_module(module)
+            rows.append(self.system_row(base, "fit", "import_seconds", time.perf_counter() - import_start))
+            calibration = systems.Calibration()  # bracket the fit: the timing gates' reference for this cell
+            bracket = [calibration.run()]
+            caches_before = systems.cache_counters()
             fit_cost = systems.measure_fit(lambda: model.fit(self.train), model.size_bytes, model.device)
+            caches = systems.caches_used(caches_before, systems.cache_counters())
+            bracket.append(calibration.run())
+            cell_calibration = systems.calibration_record(bracket)
+            rows.append(self.system_row(base, "fit", "calibration_seconds", cell_calibration["seconds"]))
+            rows.append(self.system_row(base, "fit", "calibration_cpu_seconds", cell_calibration["cpu_seconds"]))
             info["fit_seconds"], info["fit_cpu_seconds"] = fit_cost.wall_seconds, fit_cost.cpu_seconds
+            # caches_warm: the fit reused something an earlier cell of this process loaded (isolation = "none"),
+            # so its fit_seconds leaves out a load that a cold process pays; None: it used no process cache
+            info["caches_warm"] = ("warm" in caches.values()) if caches else None
             info["systems"] = {"device": model.device, "fit_peak_is_per_fit": fit_cost.peak_is_per_fit,
-                               "process_peak_rss_mb_before_fit": fit_cost.process_peak_before_mb}
+                               "process_peak_rss_mb_before_fit": fit_cost.process_peak_before_mb,
+                               "process_caches": caches, "isolation": self.config.execution.isolation}
             for name, value in fit_cost.figures().items():
                 rows.append(self.system_row(base, "fit", name, value))
+            if caches:
+                rows.append(self.system_row(base, "fit", "fit_caches_warm", float(info["caches_warm"])))
             for segment in self.split.segments(self.dataset):
                 rows.extend(self.run_segment(model, mspec, segment, base, cid, info))
             info["model_description"] = model.describe()  # again: fitted models add what they learned
@@ -258,19 +279,32 @@ class CellRunner:
         k_max = self.ks[-1]
         batch = ev.batch_size or len(data.users)
         items_parts, score_parts = [], []
-        model.extra_metrics()  # drop figures of earlier calls: the segment's own are read below
-        start = time.perf_counter()
+        # Each timing measures one thing: a first 1-user call pays one-off costs (lazy loads, allocation,
+        # JIT) and is recorded apart; recommend_seconds is the model's warm calls only, without the
+        # slicing of inputs or the validation of outputs (validate_seconds).
+        clock = systems.Clock(model.device)
+        first = clock.now()
+        if len(data.users):
+            model.recommend(data.users[:1], k_max, history=None if data.history is None else data.history[:1],
+                            candidates=data.batch_candidates(0, 1),
+                            exclude=None if data.exclude is None else data.exclude[:1])
+        first_call = clock.now() - first
+        model.extra_metrics()  # drop figures of earlier calls (and of the warm-up): the segment's own are read below
+        seconds = validate_seconds = 0.0
         for lo in range(0, len(data.users), batch):
             hi = lo + batch
             hist = None if data.history is None else data.history[lo:hi]
             excl = None if data.exclude is None else data.exclude[lo:hi]
             cand = data.batch_candidates(lo, hi)
+            start = clock.now()
             items, scores = model.recommend(data.users[lo:hi], k_max, history=hist, candidates=cand, exclude=excl)
+            checked = clock.now()
             items, scores = validate_topk(mspec.label, items, scores, n_users=len(data.users[lo:hi]), k=k_max,
                                           n_items=self.dataset.n_items, exclude=excl, candidates=cand)
+            seconds += checked - start
+            validate_seconds += time.perf_counter() - checked
             items_parts.append(items)
             score_parts.append(scores)
-        seconds = time.perf_counter() - start
         items = np.concatenate(items_parts)
         scores = np.concatenate(score_parts)
         self.rundir.write_topk(cid, segment.name, data.users, items, scores)
@@ -279,10 +313,15 @@ class CellRunner:
                                    [f"{m}@{k}" for m, k in table.columns])
         depth = model.ranked_depth(k_max)  # a two-stage model's own positions; below them, its first stage's
         rows = metric_rows(table, base, segment.name, len(data.users), ev.bootstrap, self.seed, ranked_depth=depth)
-        rows.append(self.system_row(base, segment.name, "recommend_seconds", seconds))
-        rows.append(self.system_row(base, segment.name, "users_per_second", len(data.users) / max(seconds, 1e-12)))
+        n_users = len(data.users)
+        rows.append(self.system_row(base, segment.name, "recommend_seconds", seconds) | {"n": n_users})
+        rows.append(self.system_row(base, segment.name, "users_per_second", n_users / max(seconds, 1e-12))
+                    | {"n": n_users})
+        rows.append(self.system_row(base, segment.name, "first_call_seconds", first_call) | {"n": 1})
+        rows.append(self.system_row(base, segment.name, "validate_seconds", validate_seconds) | {"n": n_users})
         rows.extend(self.system_row(base, segment.name, name, value) for name, value in model.extra_metrics().items())
-        info["segments"][segment.name] = {"status": "ok", "users": int(len(data.users)), "recommend_seconds": seconds}
+        info["segments"][segment.name] = {"status": "ok", "users": int(n_users), "recommend_seconds": seconds,
+                                          "first_call_seconds": first_call, "validate_seconds": validate_seconds}
         if depth < k_max:
             info["segments"][segment.name]["ranked_depth"] = int(depth)
         warning = tied_list_warning(scores)
@@ -301,7 +340,8 @@ class CellRunner:
         figures, details = systems.measure_serving(model.recommend, requests, spec, device=model.device,
                                                    seed=self.seed)
         segment_info["systems"] = details | {name: value for name, (value, _n) in figures.items()}
-        return [self.system_row(base, data.segment.name, name, value) | {"n": n}
+        return [self.system_row(base, data.segment.name, name, value)
+                | {"n": n, "status": systems.figure_status(name, n)}  # too_few_requests: a percentile from too few
                 for name, (value, n) in figures.items()]
 
     def run_realtime(self, model: Recommender, mspec: ModelSpec, base: dict[str, Any], cid: str,
@@ -346,13 +386,15 @@ def plan_cells(config: SuiteConfig) -> list[tuple[DatasetSpec, int, SplitSpec, M
 
 
 def run_key(config: SuiteConfig) -> str:
-    """Hash of what decides a run's results: the config, the code version and the packages.
+    """Hash of what decides a run's results: the config (execution settings included), code and packages.
 
     Two invocations with the same key share a run folder, so re-running a finished
     suite reuses its finished cells (``force`` re-runs them). A dirty checkout
     contributes the hash of its diff, so edited code never reuses stale cells.
     """
-    payload = {"config": {k: v for k, v in config.as_dict().items() if k not in ("source", "execution")},
+    # execution settings are part of the key: isolation changes what fit and serving timings include
+    # (process caches shared across cells or not), so two modes never mix in one folder
+    payload = {"config": {k: v for k, v in config.as_dict().items() if k != "source"},
                "git": provenance.git_state(), "diff": provenance.git_diff_digest(),
                "packages": provenance.package_versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -372,6 +414,8 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     folder = RunDir(run_dir)
     folder.write_config(config.as_dict())
     prov = provenance.collect(config.device)
+    calibration = systems.calibrate()  # the timing gates' reference, measured in this run (bench.systems)
+    prov["calibration"] = systems.calibration_record(calibration)
     folder.write_provenance(prov)
 
     cells = plan_cells(config)
@@ -448,5 +492,7 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
             f"continue with: bench run --resume {run_dir}")
         raise
     all_rows.extend(grid.selection_rows(all_rows, config.models))  # grids: pick each winner on validation
+    prov["calibration"] = systems.calibration_record(calibration + systems.calibrate())  # start and end
+    folder.write_provenance(prov)
     frame = write_tables(run_dir, all_rows, prov)
     return RunSummary(run_dir, len(cells), len(failures), skipped, frame, failures)

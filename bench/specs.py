@@ -26,7 +26,11 @@ ISOLATION_MODES = ("process", "none")
 
 @dataclass
 class ExecutionSpec:
-    """How cells run; not part of a cell's identity (changing it keeps finished cells)."""
+    """How cells run: not part of a cell's identity, but part of the run key (``bench.runner.run_key``).
+
+    Isolation changes what timings include (a shared process keeps model files and encodings
+    loaded across cells), so runs in different modes get different folders and never mix.
+    """
 
     isolation: str = "process"  # "process": forked child per cell; "none": in this process (debugging)
     timeout: float = 0.0  # seconds per cell; 0 = no limit (needs isolation = "process")
@@ -49,7 +53,7 @@ class SystemsSpec:
     """The ``[evaluation.systems]`` table of a suite file."""
 
     enabled: bool = True
-    warmup: int = 5  # single-stream requests run and discarded before measuring
+    warmup: int = 5  # single-stream requests run and discarded before measuring (>= 1: the first call is cold)
     latency_requests: int = 100  # single-stream requests measured
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 256, 0])  # offline; 0 = all users at once
     server_rate: float = 0.0  # Poisson arrivals per second; 0 = server scenario off
@@ -66,6 +70,12 @@ _SYSTEMS_KEYS: dict[str, type | tuple[type, ...]] = {
     "server_requests": int, "server_p99_ms": (int, float), "max_seconds": (int, float)}
 
 
+# Fewest timed requests a percentile is reported from (bench.systems): the q-th percentile needs at least one
+# request beyond it (n >= 1 / (1 - q): 100 for p99, 20 for p95, 10 for p90), and no percentile, not even the
+# median, is read off fewer than 10 requests. Below that the row says "too few requests (n = ...)".
+MIN_REQUESTS: dict[str, int] = {"p50": 10, "p90": 10, "p95": 20, "p99": 100}
+
+
 def parse_systems(raw: dict[str, Any] | SystemsSpec, source: str) -> SystemsSpec:
     """Validate ``[evaluation.systems]``; every mistake names the key and the fix."""
     if isinstance(raw, SystemsSpec):
@@ -74,17 +84,21 @@ def parse_systems(raw: dict[str, Any] | SystemsSpec, source: str) -> SystemsSpec
         raise ConfigError(f"{source}: 'evaluation.systems' must be a table, got {type(raw).__name__}")
     check_keys(raw, _SYSTEMS_KEYS, "evaluation.systems.", source)
     spec = SystemsSpec(**raw)
-    if spec.warmup < 0 or spec.latency_requests < 0 or spec.server_requests < 0:
-        raise ConfigError(f"{source}: evaluation.systems warmup, latency_requests and server_requests must be >= 0")
+    if spec.warmup < 1:
+        raise ConfigError(f"{source}: evaluation.systems.warmup = {spec.warmup}: at least one warm-up request is "
+                          f"needed (the first call of a model pays one-off costs: lazy loading, allocation, JIT); "
+                          f"set warmup = 1 or more")
+    if spec.latency_requests < 0 or spec.server_requests < 0:
+        raise ConfigError(f"{source}: evaluation.systems latency_requests and server_requests must be >= 0")
     if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in spec.batch_sizes):
         raise ConfigError(f"{source}: evaluation.systems.batch_sizes must be integers >= 0 (0 = all users), "
                           f"got {spec.batch_sizes!r}")
     if spec.server_rate < 0 or spec.server_p99_ms < 0 or spec.max_seconds <= 0:
         raise ConfigError(f"{source}: evaluation.systems server_rate and server_p99_ms must be >= 0 "
                           f"and max_seconds > 0")
-    if spec.server_p99_ms > 0 and spec.server_requests < 20:
-        raise ConfigError(f"{source}: evaluation.systems.server_p99_ms needs server_requests >= 20 "
-                          f"for a meaningful p99")
+    if spec.server_p99_ms > 0 and spec.server_requests < MIN_REQUESTS["p99"]:
+        raise ConfigError(f"{source}: evaluation.systems.server_p99_ms needs server_requests >= "
+                          f"{MIN_REQUESTS['p99']} for a meaningful p99 (see bench.specs.MIN_REQUESTS)")
     return spec
 
 

@@ -1,8 +1,64 @@
-"""Confidence intervals and paired significance tests over per-user values."""
+"""Confidence intervals and paired significance tests over per-user values.
+
+Users are the unit of every CI and test. A run with several seeds scores many
+users once per seed; those values are not independent users (a user with a
+high NDCG under seed 0 has a high one under seed 1), so pooling them as if they
+were inflates n and shrinks p-values. The one rule, shared by the report and
+the gate: values are keyed by (seed, user) (:func:`seed_user_keys`); two models
+(or two runs) are paired on the (seed, user) keys both scored; each user's
+paired values are then averaged over the seeds that user appears in
+(:func:`average_over_seeds`), and CIs and tests run over those per-user means.
+A user scored in only some seeds (cold-start splits draw their cold users per
+seed) counts once, with the mean of the seeds it has. The spread across seeds
+is reported apart (:func:`seed_spread`), never folded into n.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+_USER_BITS = 32
+
+
+def seed_user_keys(seeds: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """One int64 key per (seed, user): sorting and intersecting keys pairs the same user in the same seed."""
+    return np.asarray(seeds).astype(np.int64) * (1 << _USER_BITS) + np.asarray(users).astype(np.int64)
+
+
+def average_over_seeds(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's mean over the seeds it was scored in: ``(users, means, seeds per user)``.
+
+    ``values`` is 1-D or ``[len(keys), m]`` (columns averaged alike); a NaN in a
+    user's values (aggregate-only metrics) leaves that user's mean NaN.
+    """
+    keys = np.asarray(keys, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    users, inverse, counts = np.unique(keys & ((1 << _USER_BITS) - 1), return_inverse=True, return_counts=True)
+    sums = np.zeros((users.size,) + values.shape[1:])
+    np.add.at(sums, inverse, values)
+    return users, sums / counts.reshape((-1,) + (1,) * (values.ndim - 1)), counts
+
+
+def paired_user_means(keys_a: np.ndarray, a: np.ndarray, keys_b: np.ndarray,
+                      b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair two keyed value sets on the (seed, user) keys both have, then average each user over seeds.
+
+    Returns ``(users, a_means, b_means)``: the rows of a paired test where every user counts once.
+    """
+    _, ia, ib = np.intersect1d(keys_a, keys_b, assume_unique=True, return_indices=True)
+    shared = np.asarray(keys_a)[ia]
+    users, a_means, _ = average_over_seeds(shared, np.asarray(a)[ia])
+    _, b_means, _ = average_over_seeds(shared, np.asarray(b)[ib])
+    return users, a_means, b_means
+
+
+def seed_spread(seed_means: np.ndarray) -> tuple[float, float, float]:
+    """(sample SD, min, max) of per-seed means; SD is NaN with one seed."""
+    x = np.asarray(seed_means, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    return (float(x.std(ddof=1)) if x.size > 1 else float("nan")), float(x.min()), float(x.max())
 
 
 def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, confidence: float = 0.95,

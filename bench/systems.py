@@ -35,11 +35,13 @@ fit_peak_rss_mb                 peak resident memory of the fitting process duri
 fit_rss_increase_mb             fit_peak_rss_mb minus the resident memory just before fit
 fit_peak_gpu_mb                 (cuda only) ``torch.cuda.max_memory_allocated`` during fit
 latency_mean_ms                 single-stream mean latency
-latency_p50_ms ... p99_ms       single-stream percentiles p50, p90, p95, p99
+latency_p50_ms ... p99_ms       single-stream percentiles p50, p90, p95, p99, each only from
+                                enough timed requests (:data:`MIN_REQUESTS`); fewer give a row
+                                with status ``too_few_requests``, value NaN and the count in ``n``
 throughput_users_per_s@batch=B  offline throughput at batch size B (``all`` = one call)
 server_target_rate              the Poisson arrival rate asked for (requests/s)
 server_achieved_rate            completed requests / (last completion - first arrival)
-server_latency_p50_ms, _p99_ms  server-scenario latency including queueing
+server_latency_p50_ms, _p99_ms  server-scenario latency including queueing (same minimum counts)
 server_max_rate_at_p99          highest rate found whose p99 meets ``server_p99_ms``
 serve_peak_gpu_mb               (cuda only) peak GPU memory while serving the segment
 timer_overhead_ns               median cost of one timer read pair (+ sync on cuda)
@@ -52,6 +54,7 @@ result sets come from different machines so their timings should not be compared
 
 from __future__ import annotations
 
+import re
 import resource
 import sys
 import time
@@ -62,7 +65,8 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from bench.specs import SystemsSpec, parse_systems  # noqa: F401  (the spec lives with the config layer)
+from bench.specs import MIN_REQUESTS, SystemsSpec, parse_systems  # noqa: F401  (specs live with the config)
+
 
 # -- clocks and devices ------------------------------------------------------------
 
@@ -249,10 +253,20 @@ class Requests:
         recommend(users, self.k, **kwargs)
 
 
+TOO_FEW = "too_few_requests"  # status of a percentile row measured from fewer than MIN_REQUESTS requests
+
+
+def enough_requests(name: str, n: int) -> bool:
+    """Whether ``n`` timed requests support the figure ``name`` (``p99``...; the mean needs one)."""
+    return n >= MIN_REQUESTS.get(name, 1)
+
+
 def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
+    """Mean and p50/p90/p95/p99 in ms; a percentile with too few samples (:data:`MIN_REQUESTS`) is NaN."""
     ms = np.asarray(seconds) * 1e3
-    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
-            "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
+    out = {name: float(np.percentile(ms, int(name[1:]))) if enough_requests(name, ms.size) else float("nan")
+           for name in MIN_REQUESTS}
+    return out | {"mean": float(ms.mean()) if ms.size else float("nan")}
 
 
 def single_stream(recommend: Callable[..., Any], requests: Requests, spec: SystemsSpec, clock: Clock,
@@ -301,7 +315,8 @@ class ServerResult:
 
     @property
     def p99_ms(self) -> float:
-        return float(np.percentile(self.latencies, 99) * 1e3) if len(self.latencies) else float("nan")
+        """p99 in ms, NaN from fewer than ``MIN_REQUESTS["p99"]`` completed requests."""
+        return percentiles_ms(self.latencies)["p99"]
 
 
 def server(recommend: Callable[..., Any], requests: Requests, rate: float, n_requests: int, clock: Clock,
@@ -359,7 +374,7 @@ def measure_serving(recommend: Callable[..., Any], requests: Requests, spec: Sys
     latencies = single_stream(recommend, requests, spec, clock, rng)
     if len(latencies):
         for name, value in percentiles_ms(latencies).items():
-            figures[f"latency_{name}_ms"] = (value, len(latencies))
+            figures[f"latency_{name}_ms"] = (value, len(latencies))  # NaN + n: a "too few requests" row
     measured: dict[int, tuple[float, int]] = {}
     for batch in spec.batch_sizes:
         # a batch at least as large as the segment is one call with every user: measured once, reported under
@@ -374,8 +389,9 @@ def measure_serving(recommend: Callable[..., Any], requests: Requests, spec: Sys
         figures["server_target_rate"] = (spec.server_rate, n)
         figures["server_achieved_rate"] = (result.achieved_rate, n)
         if n:
-            figures["server_latency_p50_ms"] = (float(np.percentile(result.latencies, 50) * 1e3), n)
-            figures["server_latency_p99_ms"] = (result.p99_ms, n)
+            server_ms = percentiles_ms(result.latencies)
+            figures["server_latency_p50_ms"] = (server_ms["p50"], n)
+            figures["server_latency_p99_ms"] = (server_ms["p99"], n)
     if spec.server_p99_ms > 0 and len(latencies):
         best = max_rate_at_p99(recommend, requests, spec.server_p99_ms, spec.server_requests, clock, rng,
                                spec.max_seconds, float(latencies.mean()))
@@ -387,3 +403,104 @@ def measure_serving(recommend: Callable[..., Any], requests: Requests, spec: Sys
                "spec": spec.as_dict()}
     return figures, details
 
+
+
+_PERCENTILE_ROW = re.compile(r"(?:server_)?latency_(p\d+)_ms")
+
+
+def figure_status(name: str, n: int) -> str:
+    """Row status of a serving figure: ``too_few_requests`` for a percentile from too few requests, else ok."""
+    match = _PERCENTILE_ROW.fullmatch(name)
+    return TOO_FEW if match and not enough_requests(match.group(1), n) else "ok"
+
+
+# -- process caches ------------------------------------------------------------------------
+# Plug-ins that keep loaded files or encodings for the life of the process (llm_models.runtime) register
+# a probe here, so a fit can record whether it found them warm: in an ``isolation = "none"`` run the
+# first cell pays a load that later cells skip, and fit_seconds alone cannot say so.
+
+CacheProbe = Callable[[], tuple[int, int]]  # -> (lookups so far, misses so far), e.g. from lru_cache.cache_info()
+_PROCESS_CACHES: dict[str, CacheProbe] = {}
+
+
+def register_process_cache(name: str, probe: CacheProbe) -> None:
+    """Declare a process-wide cache whose warmth changes what a fit costs."""
+    _PROCESS_CACHES[name] = probe
+
+
+def lru_probe(cached: Any) -> CacheProbe:
+    """The probe of a ``functools.lru_cache``-wrapped function."""
+    def probe() -> tuple[int, int]:
+        info = cached.cache_info()
+        return info.hits + info.misses, info.misses
+    return probe
+
+
+def cache_counters() -> dict[str, tuple[int, int]]:
+    return {name: probe() for name, probe in _PROCESS_CACHES.items()}
+
+
+def caches_used(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """Caches consulted between two :func:`cache_counters` readings: "warm" (no miss) or "cold" (loaded)."""
+    out = {}
+    for name, (lookups, misses) in after.items():
+        lookups_before, misses_before = before.get(name, (0, 0))
+        if lookups > lookups_before:
+            out[name] = "cold" if misses > misses_before else "warm"
+    return out
+
+
+# -- calibration ---------------------------------------------------------------------------
+# A fixed workload timed inside every run: the reference that timing gates divide by, so a model's
+# time is compared as "how many calibrations" between two runs, cancelling the machine's speed and
+# much of its load. A dense product (as in every factor model's fit and scoring) and a top-k selection
+# (the heart of serving), on seeded data of fixed size, single-threaded on purpose (einsum, not BLAS):
+# its CPU time then means the same on any core count, and a gate on fit_cpu_seconds can divide by it.
+# Timed twice: for the run (start and end, provenance.json) and in every cell right before and after its
+# fit (rows calibration_seconds / calibration_cpu_seconds): under a load that comes and goes, the cell's
+# own bracket tracks what its fit met (ratios within ~20% on a 2-core machine loaded 10x over, against
+# ~2x for the run-level figure), so timing gates divide by it where it exists.
+
+CALIBRATION_WORKLOAD = ("2 x float64 product 384x384 @ 384x384 (einsum, one thread) + top-100 of 1,000,000 "
+                        "(argpartition + sort), seeded")
+CALIBRATION_REPEATS = 2  # at the start and again at the end of a run: the median of all covers drifting load
+
+
+def _calibration_once(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(2):
+        np.einsum("ij,jk->ik", a, b)
+    top = np.argpartition(-x, 100)[:100]
+    top[np.argsort(-x[top])]
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+class Calibration:
+    """The calibration workload on its seeded arrays, ready to time (the arrays are built, and one untimed
+    run pays the page faults of its temporaries, ~2x slower, at construction)."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.a, self.b = rng.standard_normal((384, 384)), rng.standard_normal((384, 384))
+        self.x = rng.standard_normal(1_000_000)
+        _calibration_once(self.a, self.b, self.x)
+
+    def run(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of one run: about 0.04 s of CPU on the development machine."""
+        return _calibration_once(self.a, self.b, self.x)
+
+
+def calibrate(repeats: int = CALIBRATION_REPEATS) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each of ``repeats`` runs of the calibration workload.
+
+    About 0.04 s of CPU each on the development machine (0.16 s wall when it was loaded with 16
+    runnable processes on 2 cores); shorter workloads proved too noisy to divide by.
+    """
+    calibration = Calibration()
+    return [calibration.run() for _ in range(repeats)]
+
+
+def calibration_record(runs: list[tuple[float, float]]) -> dict[str, Any]:
+    """What ``provenance.json["calibration"]`` holds: median wall and CPU seconds, every run, the workload."""
+    return {"seconds": float(np.median([w for w, _ in runs])), "cpu_seconds": float(np.median([c for _, c in runs])),
+            "runs": [[float(w), float(c)] for w, c in runs], "workload": CALIBRATION_WORKLOAD}

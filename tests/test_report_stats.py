@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from bench.stats import holm_adjust, paired_ttest_pvalues, welch_ttest_pvalue
+from bench.stats import (average_over_seeds, holm_adjust, paired_ttest_pvalues, paired_user_means, seed_spread,
+                         seed_user_keys, welch_ttest_pvalue)
 
 
 def test_holm_hand_worked() -> None:
@@ -41,3 +42,29 @@ def test_welch_hand_worked() -> None:
     assert 0.144 < p < 0.158
     assert welch_ttest_pvalue(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 1.0
     assert math.isnan(welch_ttest_pvalue(np.array([1.0]), np.array([2.0, 3.0])))
+
+
+def test_average_over_seeds_hand_worked() -> None:
+    """User 7 in seeds 0 and 1 (values 1 and 0): mean 0.5 from 2 seeds; user 9 only in seed 1 (cold-start
+    splits draw cold users per seed): its one value, from 1 seed. Users are sorted."""
+    keys = seed_user_keys(np.array([0, 1, 1]), np.array([7, 7, 9]))
+    users, means, counts = average_over_seeds(keys, np.array([1.0, 0.0, 0.25]))
+    assert users.tolist() == [7, 9] and means.tolist() == [0.5, 0.25] and counts.tolist() == [2, 1]
+    # 2-D: columns averaged alike, a NaN (aggregate-only metric) stays NaN for that user
+    _, table, _ = average_over_seeds(keys, np.array([[1.0, np.nan], [0.0, 1.0], [0.25, 1.0]]))
+    assert table[:, 0].tolist() == [0.5, 0.25] and math.isnan(table[0, 1]) and table[1, 1] == 1.0
+
+
+def test_paired_user_means_pair_by_seed_then_average() -> None:
+    """a scored user 1 in seeds 0, 1 and user 2 in seed 0; b scored user 1 in seed 0 only and user 2 in
+    seed 0: pairs are (0, 1) and (0, 2) only, so user 1 contributes its seed-0 values on both sides."""
+    keys_a = seed_user_keys(np.array([0, 1, 0]), np.array([1, 1, 2]))
+    keys_b = seed_user_keys(np.array([0, 0]), np.array([2, 1]))
+    users, a, b = paired_user_means(keys_a, np.array([0.2, 0.9, 0.4]), keys_b, np.array([0.3, 0.1]))
+    assert users.tolist() == [1, 2] and a.tolist() == [0.2, 0.4] and b.tolist() == [0.1, 0.3]
+
+
+def test_seed_spread_hand_worked() -> None:
+    sd, low, high = seed_spread(np.array([0.70, 0.75]))
+    assert sd == pytest.approx(0.05 / math.sqrt(2)) and (low, high) == (0.70, 0.75)
+    assert math.isnan(seed_spread(np.array([0.5]))[0])  # one seed: no spread

@@ -7,6 +7,7 @@ a busy shared machine (sleep never returns early, so lower bounds are hard).
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -94,11 +95,12 @@ def test_server_above_capacity_saturates_and_queues():
 
 def test_max_rate_search_with_an_unreachable_target_is_capacity_bound():
     rec = Recorder(0.0)
-    best = systems.max_rate_at_p99(rec, requests(), target_ms=1e9, n_requests=20, clock=systems.Clock(),
-                                   rng=np.random.default_rng(3), max_seconds=5, mean_service_s=0.01, steps=4)
-    # every bisection step passes: low = capacity * (1 - 2**-4) with capacity = 100/s
-    assert best == pytest.approx(100 * (1 - 2 ** -4))
-    none = systems.max_rate_at_p99(Recorder(0.002), requests(), target_ms=0.5, n_requests=20,
+    # 100 requests per step: the fewest a p99 is read from (bench.systems.MIN_REQUESTS)
+    best = systems.max_rate_at_p99(rec, requests(), target_ms=1e9, n_requests=100, clock=systems.Clock(),
+                                   rng=np.random.default_rng(3), max_seconds=5, mean_service_s=0.001, steps=4)
+    # every bisection step passes: low = capacity * (1 - 2**-4) with capacity = 1000/s
+    assert best == pytest.approx(1000 * (1 - 2 ** -4))
+    none = systems.max_rate_at_p99(Recorder(0.002), requests(), target_ms=0.5, n_requests=100,
                                    clock=systems.Clock(), rng=np.random.default_rng(3), max_seconds=5,
                                    mean_service_s=0.002, steps=3)
     assert none == 0.0  # a 2 ms service can never meet a 0.5 ms p99
@@ -177,6 +179,9 @@ def test_machine_mismatch():
     ({"batch_sizes": [1, -2]}, "batch_sizes"),
     ({"server_rate": "fast"}, "server_rate"),
     ({"max_seconds": 0}, "max_seconds"),
+    ({"warmup": 0}, "warmup"),
+    ({"warmup": -1}, "warmup"),
+    ({"server_p99_ms": 50.0, "server_requests": 20}, "server_requests"),
 ])
 def test_bad_systems_config_names_the_key(table, culprit):
     with pytest.raises(ConfigError, match=culprit):
@@ -204,8 +209,11 @@ def test_runner_writes_systems_rows(tmp_path):
                 "latency_p99_ms", "throughput_users_per_s@batch=1", "throughput_users_per_s@batch=all",
                 "timer_overhead_ns"} <= metrics
         p50 = mine[mine["metric"] == "latency_p50_ms"].iloc[0]
+        p90 = mine[mine["metric"] == "latency_p90_ms"].iloc[0]
         p99 = mine[mine["metric"] == "latency_p99_ms"].iloc[0]
-        assert p50["n"] == 15 and 0 < p50["value"] <= p99["value"]
+        assert p50["n"] == 15 and 0 < p50["value"] <= p90["value"] and p50["status"] == "ok"
+        # 15 requests cannot support a p95 or p99: a row that says so, with its count, and no value
+        assert p99["status"] == systems.TOO_FEW and p99["n"] == 15 and np.isnan(p99["value"])
         assert (mine[mine["metric"] == "fit_peak_rss_mb"]["segment"] == "fit").all()
     als_bytes = sys_rows[(sys_rows["model"] == "als") & (sys_rows["metric"] == "model_bytes")]["value"].iloc[0]
     data = load_dataset("synthetic", None, None, n_users=120, n_items=80, n_interactions=3000)
@@ -227,3 +235,125 @@ def test_cuda_timing_and_peak_memory():
     cost = systems.measure_fit(lambda: held.append(torch.ones(64 * 2**20 // 4, device="cuda")), lambda: 0, "cuda")
     assert cost.peak_gpu_mb is not None and cost.peak_gpu_mb >= 64
     assert systems.Clock("cuda").overhead_ns(50) > 0
+
+
+def test_percentiles_need_enough_requests():
+    """p_q needs at least one request beyond it (n >= 1/(1-q)) and never fewer than 10: p50/p90 from 10,
+    p95 from 20, p99 from 100 (bench.systems.MIN_REQUESTS)."""
+    three = systems.percentiles_ms(np.array([0.001, 0.002, 0.003]))
+    assert all(np.isnan(three[p]) for p in ("p50", "p90", "p95", "p99")) and three["mean"] == pytest.approx(2.0)
+    ten = systems.percentiles_ms(np.arange(1, 11) / 1000)
+    assert ten["p50"] == pytest.approx(5.5) and ten["p90"] == pytest.approx(9.1)
+    assert np.isnan(ten["p95"]) and np.isnan(ten["p99"])
+    assert not np.isnan(systems.percentiles_ms(np.arange(1, 101) / 1000)["p99"])
+    assert systems.figure_status("latency_p99_ms", 99) == systems.TOO_FEW
+    assert systems.figure_status("server_latency_p99_ms", 100) == "ok"
+    assert systems.figure_status("latency_mean_ms", 1) == "ok"
+
+
+def test_builtin_suites_warm_up_and_time_enough_requests():
+    """Every shipped suite parses (warm-up >= 1) and times enough single-stream requests for a median."""
+    from bench.config import builtin_suites, load_suite
+
+    for name in builtin_suites():
+        if name != "reproduce":  # a list of experiments (bench.reproduce), not a suite
+            spec = load_suite(name).evaluation.systems
+            assert spec.warmup >= 1 and spec.latency_requests >= systems.MIN_REQUESTS["p50"], name
+
+
+def test_report_says_too_few_requests(tmp_path):
+    from bench.report import load_run
+    from bench.report.tables import systems_tables
+
+    config = parse_suite(tiny_suite({"latency_requests": 12, "warmup": 1, "batch_sizes": [0]}), "test")
+    run = load_run(run_suite(config, out_root=tmp_path, progress=None).run_dir)
+    (serving,) = [t for t in systems_tables(run) if t.title.endswith("serving")]
+    column = serving.headers.index("latency p99 (ms)")
+    assert {row[column] for row in serving.rows} == {"too few requests (n = 12)"}
+    assert all(row[serving.headers.index("latency p50 (ms)")][0].isdigit() for row in serving.rows)
+
+
+def _slow_first_call_model():
+    """A model whose first recommend call pays a one-off 0.3 s (a lazy load); later calls are fast."""
+    from baselines.simple import Pop
+
+    class SlowFirstPop(Pop):
+        name = "slow-first-pop"
+
+        def fit(self, train):
+            super().fit(train)
+            self.loaded = False
+
+        def recommend(self, user_ids, k, **kwargs):
+            if not self.loaded:
+                time.sleep(0.3)
+                self.loaded = True
+            return super().recommend(user_ids, k, **kwargs)
+
+    return SlowFirstPop
+
+
+def test_recommend_seconds_is_warm_calls_only(tmp_path):
+    """The one-off first-call cost is its own row; recommend_seconds and users/s cover the warm calls only.
+
+    Before, the 0.3 s lazy load and the output validation were inside recommend_seconds.
+    """
+    from bench import registry
+
+    if "slow-first-pop" not in registry.models:
+        registry.models.register("slow-first-pop", _slow_first_call_model())
+    suite = tiny_suite({"enabled": False})
+    suite["models"] = [{"name": "slow-first-pop"}]
+    frame, _ = load_results(run_suite(parse_suite(suite, "test"), out_root=tmp_path, progress=None).run_dir)
+    rows = frame[(frame["k"] == 0) & (frame["segment"] == "all")].set_index("metric")
+    assert rows.loc["first_call_seconds", "value"] >= 0.3
+    assert rows.loc["recommend_seconds", "value"] < 0.3
+    assert rows.loc["validate_seconds", "value"] > 0
+    assert rows.loc["users_per_second", "value"] == pytest.approx(
+        rows.loc["users_per_second", "n"] / rows.loc["recommend_seconds", "value"])
+
+
+def test_execution_settings_are_in_the_run_key():
+    from bench.runner import run_key
+
+    process = parse_suite(tiny_suite({"enabled": False}) | {"execution": {"isolation": "process"}}, "test")
+    inline = parse_suite(tiny_suite({"enabled": False}), "test")
+    assert run_key(process) != run_key(inline)  # the two modes' timings never share a run folder
+
+
+def test_fit_records_whether_process_caches_were_warm(tmp_path):
+    """In one process (isolation = "none") the first fit loads a registered cache, the next finds it warm."""
+    import functools
+
+    from baselines.simple import Pop
+    from bench import registry
+
+    loads: list[int] = []
+
+    @functools.lru_cache(maxsize=1)
+    def load_weights() -> int:
+        loads.append(1)
+        return 1
+
+    class CachedPop(Pop):
+        name = "cached-pop"
+
+        def fit(self, train):
+            load_weights()
+            super().fit(train)
+
+    systems.register_process_cache("test.weights", systems.lru_probe(load_weights))
+    if "cached-pop" not in registry.models:
+        registry.models.register("cached-pop", CachedPop)
+    suite = tiny_suite({"enabled": False}) | {"seeds": [0, 1]}
+    suite["models"] = [{"name": "cached-pop"}, {"name": "pop"}]
+    summary = run_suite(parse_suite(suite, "test"), out_root=tmp_path, progress=None)
+    frame, _ = load_results(summary.run_dir)
+    warm = frame[frame["metric"] == "fit_caches_warm"].sort_values("seed")
+    assert warm["model"].tolist() == ["cached-pop", "cached-pop"]  # pop uses no cache: no row
+    assert warm["value"].tolist() == [0.0, 1.0] and len(loads) == 1
+    cells = [json.loads(p.read_text()) for p in (summary.run_dir / "cells").glob("*/cell.json")]
+    flags = sorted((c["seed"], c["model"], c["caches_warm"]) for c in cells)
+    assert flags == [(0, "cached-pop", False), (0, "pop", None), (1, "cached-pop", True), (1, "pop", None)]
+    assert {c["systems"]["process_caches"].get("test.weights") for c in cells if c["model"] == "cached-pop"} \
+        == {"cold", "warm"}

@@ -3,8 +3,9 @@ significance markers, deltas against another run, systems figures, model details
 
 Significance (named in the report by :data:`SIGNIFICANCE_METHOD`): in every
 leaderboard column the best model is compared with each other model by a
-two-sided paired t-test over per-user values (users matched by seed and user
-id), and the p-values of that column are Holm-corrected; a model whose
+two-sided paired t-test over users (values paired by seed and user id, then
+each user's values averaged over its seeds: seeds are not extra users, see
+``bench.stats``), and the p-values of that column are Holm-corrected; a model whose
 adjusted p is >= :data:`ALPHA` is marked "not significantly different from the
 best". Aggregate-only metrics (coverage) have no per-user values and no test.
 
@@ -37,23 +38,31 @@ from bench import registry
 from bench.metrics import DEFAULT_METRICS
 from bench.report import units
 from bench.report.rundata import RunData
-from bench.stats import bootstrap_ci, holm_adjust, paired_ttest_pvalues, welch_ttest_pvalue
+from bench.stats import (average_over_seeds, bootstrap_ci, holm_adjust, paired_ttest_pvalues, paired_user_means,
+                         seed_spread, seed_user_keys, welch_ttest_pvalue)
+from bench.systems import TOO_FEW
 
 ALPHA = 0.05
-SIGNIFICANCE_METHOD = ("two-sided paired t-test over per-user values (users matched by seed and user id; "
+SIGNIFICANCE_METHOD = ("two-sided paired t-test over users (values paired by seed and user id, each user's "
+                       "values averaged over its seeds, so a seed never counts as extra users; "
                        "scipy.stats.ttest_rel), Holm-Bonferroni correction over the models compared with the "
                        f"best in each column, alpha = {ALPHA}")
-COMPARE_METHOD = ("paired t-test over the users both runs scored when their split fingerprints match, otherwise "
-                  f"Welch's t-test; Holm-Bonferroni correction over all deltas of a table, alpha = {ALPHA}")
+COMPARE_METHOD = ("paired t-test over the users both runs scored (each user averaged over its seeds) when their "
+                  "split fingerprints match, otherwise Welch's t-test; Holm-Bonferroni correction over all deltas "
+                  f"of a table, alpha = {ALPHA}")
 
 # k = 0 figures and their column titles; the values carry their unit (bench.report.units.figure)
 FIT_FIGURES: dict[str, str] = {
+    "import_seconds": "imports (cold load before fit)",
     "fit_seconds": "fit wall time",
     "fit_cpu_seconds": "fit CPU time",
     "model_bytes": "model size",
     "fit_peak_rss_mb": "fit peak RSS",
     "fit_rss_increase_mb": "fit RSS increase",
     "fit_peak_gpu_mb": "fit peak GPU memory",
+    "fit_caches_warm": "fit found process caches warm (1 = yes)",
+    "calibration_seconds": "calibration around fit",
+    "calibration_cpu_seconds": "calibration around fit (CPU)",
 }
 SERVE_FIGURES: dict[str, str] = {
     "latency_mean_ms": "latency mean",
@@ -61,8 +70,10 @@ SERVE_FIGURES: dict[str, str] = {
     "latency_p90_ms": "latency p90",
     "latency_p95_ms": "latency p95",
     "latency_p99_ms": "latency p99",
-    "users_per_second": "users/s (whole segment)",
-    "recommend_seconds": "recommend time (whole segment)",
+    "users_per_second": "users/s (warm recommend calls)",
+    "recommend_seconds": "recommend time (warm calls, whole segment)",
+    "first_call_seconds": "first call (1 user, cold)",
+    "validate_seconds": "output validation",
     "server_target_rate": "server target rate (req/s)",
     "server_achieved_rate": "server achieved rate (req/s)",
     "server_latency_p50_ms": "server p50",
@@ -150,6 +161,15 @@ class Cell:
     tested: bool = False
     delta: Delta | None = None
     n: int = 0  # test users scored (per seed): below the board's n for a model run with its own max_test_users
+    seed_sd: float = float("nan")  # spread of the per-seed means (several seeds only), shown apart from the CI
+    seed_min: float = float("nan")
+    seed_max: float = float("nan")
+
+    @property
+    def seed_text(self) -> str:
+        if self.status != "ok" or not math.isfinite(self.seed_sd):
+            return ""
+        return f"SD {fmt(self.seed_sd, 2)} ({fmt(self.seed_min, 3)}–{fmt(self.seed_max, 3)})"
 
     @property
     def text(self) -> str:
@@ -203,10 +223,6 @@ class Leaderboard:
         return "ok" if "ok" in statuses else (statuses.pop() if len(statuses) == 1 else "missing")
 
 
-def _key_array(seeds: np.ndarray, users: np.ndarray) -> np.ndarray:
-    return seeds.astype(np.int64) * (1 << 32) + users.astype(np.int64)
-
-
 @dataclass
 class ModelValues:
     """A model's per-user matrix over all seeds of one segment: rows keyed by (seed, user)."""
@@ -217,6 +233,11 @@ class ModelValues:
 
     def column(self, name: str) -> np.ndarray | None:
         return self.values[:, self.columns.index(name)] if name in self.columns else None
+
+    def user_means(self, name: str) -> np.ndarray | None:
+        """The column as one value per user (its mean over the seeds it was scored in): the unit of CIs."""
+        col = self.column(name)
+        return None if col is None else average_over_seeds(self.keys, col)[1]
 
 
 def model_values(run: RunData, rows: pd.DataFrame, segment: str) -> ModelValues | None:
@@ -232,7 +253,7 @@ def model_values(run: RunData, rows: pd.DataFrame, segment: str) -> ModelValues 
             pu_index = [pu.columns.index(c) if c in pu.columns else None for c in columns]
             pu = type(pu)(pu.users, np.column_stack([pu.values[:, i] if i is not None else
                                                       np.full(len(pu.users), np.nan) for i in pu_index]), columns)
-        parts_keys.append(_key_array(np.full(len(pu.users), int(seed)), pu.users))
+        parts_keys.append(seed_user_keys(np.full(len(pu.users), int(seed)), pu.users))
         parts_values.append(pu.values)
     if columns is None:
         return None
@@ -240,21 +261,23 @@ def model_values(run: RunData, rows: pd.DataFrame, segment: str) -> ModelValues 
 
 
 def _aligned(a: ModelValues, b: ModelValues, column: str) -> tuple[np.ndarray, np.ndarray]:
-    _, ia, ib = np.intersect1d(a.keys, b.keys, assume_unique=True, return_indices=True)
+    """Per-user means of ``column`` on the (seed, user) pairs both scored (bench.stats.paired_user_means)."""
     va, vb = a.column(column), b.column(column)
     if va is None or vb is None:
         return np.empty(0), np.empty(0)
-    return va[ia], vb[ib]
+    _, ma, mb = paired_user_means(a.keys, va, b.keys, vb)
+    return ma, mb
 
 
 def _pair_pvalues(a: ModelValues, b: ModelValues) -> dict[str, float]:
-    """Paired p-value of every column two models share, in one vectorised call."""
-    _, ia, ib = np.intersect1d(a.keys, b.keys, assume_unique=True, return_indices=True)
+    """Paired p-value of every column two models share, over users, in one vectorised call."""
     shared = [c for c in a.columns if c in b.columns]
-    if ia.size < 2 or not shared:
+    if not shared:
         return {}
-    pa = a.values[np.ix_(ia, [a.columns.index(c) for c in shared])]
-    pb = b.values[np.ix_(ib, [b.columns.index(c) for c in shared])]
+    _, pa, pb = paired_user_means(a.keys, a.values[:, [a.columns.index(c) for c in shared]],
+                                  b.keys, b.values[:, [b.columns.index(c) for c in shared]])
+    if len(pa) < 2:
+        return {}
     return dict(zip(shared, paired_ttest_pvalues(pa, pb).tolist()))
 
 
@@ -344,10 +367,12 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
                 cell = Cell("ok", float(okrow["value"].mean()), n=int(okrow["n"].max()))
                 if len(okrow) == 1:
                     cell.ci_low, cell.ci_high = float(okrow["ci_low"].iloc[0]), float(okrow["ci_high"].iloc[0])
-                else:  # several seeds: one CI over all (seed, user) values
+                else:  # several seeds: mean and CI over users (each user's mean over its seeds), spread apart
+                    cell.seed_sd, cell.seed_min, cell.seed_max = seed_spread(okrow["value"].to_numpy())
                     mv = values[model]
-                    col = None if mv is None else mv.column(column.key)
+                    col = None if mv is None else mv.user_means(column.key)
                     if col is not None and np.isfinite(col).all():
+                        cell.value = float(col.mean())
                         low, high = bootstrap_ci(col)
                         cell.ci_low, cell.ci_high = float(low[0]), float(high[0])
                 cells[(model, column.key)] = cell
@@ -369,6 +394,8 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
                 + (f"; the table below compares every model on those {board.same_users.n_users} users."
                    if board.same_users is not None else "."))
         board.notes.extend(_segment_notes(run, by_model, key.segment))
+        if len(seeds) > 1:
+            board.notes.append(_seed_note(board))
         undirected = [c.metric for c in columns if c.higher_is_better is None]
         if undirected:
             board.notes.append("no best marked for unregistered metrics: " + ", ".join(sorted(set(undirected))))
@@ -391,6 +418,15 @@ def _segment_notes(run: RunData, by_model: dict[str, pd.DataFrame], segment: str
                              f"model, and are not credited to it")
             notes.extend(f"{model}{seed}: warning: {w}" for w in seg.get("warnings", []))
     return notes
+def _seed_note(board: Leaderboard) -> str:
+    """The spread across seeds, apart from the CIs (which are over users: a seed is not extra users)."""
+    parts = []
+    for column in board.columns:
+        spread = [f"{m} {c.seed_text}" for m in board.models if (c := board.cell(m, column.key)).seed_text]
+        if spread:
+            parts.append(f"{column.key}: " + ", ".join(spread))
+    return (f"Seeds {', '.join(map(str, board.seeds))}: values and CIs are over users, each user's value averaged "
+            f"over the seeds it was scored in; spread of the per-seed means (SD, min–max): " + "; ".join(parts))
 
 
 def _sampled_models(board: Leaderboard) -> dict[str, int]:
@@ -439,13 +475,15 @@ def same_users_table(board: Leaderboard) -> SameUsers | None:
         for column in columns:
             col = mv.column(column.key)
             if col is not None and np.isfinite(col[rows]).all():
-                cells[(model, column.key)] = Cell("ok", float(col[rows].mean()), n=int(keys.size))
+                users, means, _ = average_over_seeds(keys, col[rows])  # users are the unit, not (seed, user)
+                cells[(model, column.key)] = Cell("ok", float(means.mean()), n=int(users.size))
     for column in columns:
         ok = [(m, cells[(m, column.key)]) for m in models if (m, column.key) in cells]
         if ok and column.higher_is_better is not None:
             for m in _best(ok, column.higher_is_better):
                 cells[(m, column.key)].best = True
-    return SameUsers(int(keys.size), models, columns, cells) if len(models) > 1 else None
+    n_users = int(average_over_seeds(keys, np.zeros(keys.size))[0].size)
+    return SameUsers(n_users, models, columns, cells) if len(models) > 1 else None
 
 
 def split_rank(run: RunData, split: str) -> int:
@@ -490,7 +528,7 @@ def add_deltas(current: list[Leaderboard], run: RunData, other: RunData) -> list
                         a, b = _aligned(mv, omv, column.key)
                         p = float(paired_ttest_pvalues(a, b)[0]) if a.size >= 2 else float("nan")
                     else:
-                        a, b = mv.column(column.key), omv.column(column.key)
+                        a, b = mv.user_means(column.key), omv.user_means(column.key)
                         p = welch_ttest_pvalue(a, b) if a is not None and b is not None else float("nan")
                 entries.append((cell, p))
         adjusted = holm_adjust(np.array([p for _, p in entries])) if entries else []
@@ -594,8 +632,9 @@ def _summary(means: pd.Series, wanted: list[tuple[str, str, bool]]) -> str:
 def systems_tables(run: RunData) -> list[FigureTable]:
     """Fit cost per dataset x split (one row per model) and serving cost per segment."""
     frame = run.frame
-    figures = frame[(frame["k"] == 0) & (frame["status"] == "ok") & ~frame["metric"].isin(NOT_FIGURES)
+    figures = frame[(frame["k"] == 0) & frame["status"].isin(["ok", TOO_FEW]) & ~frame["metric"].isin(NOT_FIGURES)
                     & ~is_realtime(frame["segment"])]
+    too_few = figures[figures["status"] == TOO_FEW].groupby(["model", "segment", "metric"])["n"].max()
     tables = []
     order = run.model_order()
     for (dataset, split), sub in sorted(figures.groupby(["dataset", "split"]),
@@ -616,7 +655,8 @@ def systems_tables(run: RunData) -> list[FigureTable]:
             names = sorted(serve["metric"].unique(), key=_figure_order)
             means = serve.groupby(["model", "segment", "metric"])["value"].mean()
             segments = sorted(serve["segment"].unique(), key=segment_sort_key)
-            rows = [[m, s] + [_fmt_figure(n, means.get((m, s, n), float("nan"))) for n in names]
+            rows = [[m, s] + [_fmt_figure(n, means.get((m, s, n), float("nan"))) if (m, s, n) not in too_few.index
+                              else f"too few requests (n = {int(too_few[(m, s, n)])})" for n in names]
                     for m in order for s in segments if (m, s) in set(zip(serve["model"], serve["segment"]))]
             summary = _summary(means, [("lowest p99", "latency_p99_ms", True),
                                        ("highest p99", "latency_p99_ms", False)])
