@@ -20,6 +20,8 @@ class ALS(Recommender):
     """
 
     name = "als"
+    family = "CF/MF"
+    summary = "implicit's alternating least squares matrix factorisation (Hu, Koren & Volinsky 2008)"
     capabilities = Capabilities(cold_users=True, update=True)
     default_params = {"factors": 64, "regularization": 0.05, "alpha": 2.0, "iterations": 15, "num_threads": 0}
 
@@ -122,6 +124,8 @@ class BPR(_ImplicitSGD):
     """
 
     name = "bpr"
+    family = "CF/MF"
+    summary = "implicit's Bayesian personalised ranking, pairwise SGD matrix factorisation (Rendle 2009)"
     default_params = {"factors": 100, "learning_rate": 0.01, "regularization": 0.01, "iterations": 100,
                       "verify_negative_samples": True, "num_threads": 0}
 
@@ -138,6 +142,8 @@ class LMF(_ImplicitSGD):
     """
 
     name = "lmf"
+    family = "CF/MF"
+    summary = "implicit's logistic matrix factorisation (Johnson 2014)"
     default_params = {"factors": 30, "learning_rate": 1.0, "regularization": 0.6, "iterations": 30,
                       "neg_prop": 30, "num_threads": 0}
 

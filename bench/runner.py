@@ -338,7 +338,7 @@ def run_key(config: SuiteConfig) -> str:
     suite reuses its finished cells (``force`` re-runs them). A dirty checkout
     contributes the hash of its diff, so edited code never reuses stale cells.
     """
-    payload = {"config": {k: v for k, v in config.as_dict().items() if k not in ("source", "execution")},
+    payload = {"config": {k: v for k, v in config.as_dict().items() if k not in ("source", "execution", "tracking")},
                "git": provenance.git_state(), "diff": provenance.git_diff_digest(),
                "packages": provenance.package_versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
