@@ -208,6 +208,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 facts += f" · devices: {row.devices} · deterministic: {'yes' if row.deterministic else 'no'}"
             if row.needs:
                 facts += f" · needs: {row.needs}"
+            facts += f" · {row.origin}"
             print(f"{'':16s} {facts}")
         print("\nDetails and parameters: bench list models NAME")
     elif args.what == "datasets":
