@@ -42,13 +42,14 @@ class Run:
     failures: list[str] = field(default_factory=list)
     report_error: str | None = None  # why report.html could not be written at the end of the run
     mlflow_run_id: str | None = None  # the parent MLflow run, when the run was tracked
+    tracking_error: str | None = None  # why logging to MLflow failed after the run (results are saved)
     _data: Any = field(default=None, repr=False)
 
     @property
     def data(self):
         """The run folder as the report reads it (:class:`bench.report.rundata.RunData`), read once."""
         if self._data is None:
-            from bench.report.rundata import load_run as read_run_folder
+            from bench.report import load_run as read_run_folder
 
             self._data = read_run_folder(self.run_dir)
         return self._data
@@ -305,7 +306,10 @@ def run(suite: Any = None, *, mirror: PathLike | Sequence[PathLike] = (), models
     if report:
         result.report_error = _write_report_safely(result)
     if tracker is not None:
-        result.mlflow_run_id = tracker.log(result.data)
+        try:
+            result.mlflow_run_id = tracker.log(result.data)
+        except Exception as exc:  # noqa: BLE001 - a tracking server going away must not lose the run
+            result.tracking_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return result
 
 

@@ -164,7 +164,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"report: {run.run_dir / 'report.html'} (summary report.md)")
     if run.mlflow_run_id:
         print(f"mlflow: run {run.mlflow_run_id} (one nested run per cell)")
-    return 1 if run.failed or run.report_error else 0
+    if run.tracking_error:
+        print(f"bench: logging to MLflow failed ({run.tracking_error}); results are saved in {run.run_dir}",
+              file=sys.stderr)
+    return 1 if run.failed or run.report_error or run.tracking_error else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
