@@ -18,15 +18,20 @@ number here is the number in report.html.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
 from bench import registry
 from bench.errors import ConfigError
 from bench.report.render import DEFAULT_METRIC
+
+if TYPE_CHECKING:  # imported where used: `import bench` stays light and config/report load on demand
+    from bench.config import SuiteConfig
+    from bench.report.rundata import RunData
 
 PathLike = str | Path
 
@@ -46,7 +51,7 @@ class Run:
     _data: Any = field(default=None, repr=False)
 
     @property
-    def data(self):
+    def data(self) -> "RunData":
         """The run folder as the report reads it (:class:`bench.report.rundata.RunData`), read once."""
         if self._data is None:
             from bench.report import load_run as read_run_folder
@@ -199,8 +204,8 @@ def _dataset_name(entry: Any) -> str:
     return registered if isinstance(registered, str) else str(getattr(entry, "name"))
 
 
-def narrow(config: Any, *, datasets: Sequence[Any] | None = None, models: Sequence[str] | None = None,
-           seeds: Sequence[int] | None = None, device: str | None = None, where: str = "bench.run()") -> Any:
+def narrow(config: "SuiteConfig", *, datasets: Sequence[Any] | None = None, models: Sequence[str] | None = None,
+           seeds: Sequence[int] | None = None, device: str | None = None, where: str = "bench.run()") -> "SuiteConfig":
     """Run only these datasets / models (names, or suite labels) / seeds, on this device; checked by name."""
     from bench.config import DatasetSpec, ModelSpec, _check_model_params, _known
 
@@ -236,9 +241,10 @@ def narrow(config: Any, *, datasets: Sequence[Any] | None = None, models: Sequen
     return config
 
 
-def load_config(suite: Any = None, *, resume: PathLike | None = None, datasets: Sequence[Any] | None = None,
-                models: Sequence[str] | None = None, seeds: Sequence[int] | None = None, device: str | None = None,
-                mlflow: str | None = None, where: str = "bench.run()") -> Any:
+def load_config(suite: "str | Path | SuiteConfig | None" = None, *, resume: PathLike | None = None,
+                datasets: Sequence[Any] | None = None, models: Sequence[str] | None = None,
+                seeds: Sequence[int] | None = None, device: str | None = None,
+                mlflow: str | None = None, where: str = "bench.run()") -> "SuiteConfig":
     """The typed suite config: a built-in name, a .toml path or a SuiteConfig, narrowed; or the one stored
     in ``resume`` (a run folder), which cannot be narrowed."""
     from bench.config import SuiteConfig, config_from_dict, load_suite
@@ -258,7 +264,7 @@ def load_config(suite: Any = None, *, resume: PathLike | None = None, datasets: 
     elif suite is None:
         raise ConfigError(f"{where}: give a suite (a built-in name, a .toml path or a SuiteConfig) or resume=RUN_DIR")
     else:
-        config = suite if isinstance(suite, SuiteConfig) else load_suite(str(suite))
+        config = copy.deepcopy(suite) if isinstance(suite, SuiteConfig) else load_suite(str(suite))
         config = narrow(config, datasets=_as_list(datasets), models=_as_list(models), seeds=_as_list(seeds),
                         device=device, where=where)
     if mlflow is not None:
@@ -267,11 +273,11 @@ def load_config(suite: Any = None, *, resume: PathLike | None = None, datasets: 
     return config
 
 
-def run(suite: Any = None, *, mirror: PathLike | Sequence[PathLike] = (), models: Sequence[str] | str | None = None,
-        datasets: Sequence[Any] | Any | None = None, seeds: Sequence[int] | int | None = None,
-        device: str | None = None, out: PathLike = "reports/runs", force: bool = False,
-        resume: PathLike | None = None, cache_dir: PathLike | None = None, download: bool = True,
-        report: bool = True, mlflow: str | None = None,
+def run(suite: "str | Path | SuiteConfig | None" = None, *, mirror: PathLike | Sequence[PathLike] = (),
+        models: Sequence[str] | str | None = None, datasets: Sequence[Any] | Any | None = None,
+        seeds: Sequence[int] | int | None = None, device: str | None = None, out: PathLike = "reports/runs",
+        force: bool = False, resume: PathLike | None = None, cache_dir: PathLike | None = None,
+        download: bool = True, report: bool = True, mlflow: str | None = None,
         progress: bool | Callable[[str], None] = True, source: str = "bench.run()") -> Run:
     """Run a suite (built-in name, .toml path or SuiteConfig) and return its :class:`Run`.
 
@@ -280,8 +286,9 @@ def run(suite: Any = None, *, mirror: PathLike | Sequence[PathLike] = (), models
     ``mirror``: folders with the publishers' files, checked before downloading.
     The run folder is ``out/<suite>-<run key>``: the same config on the same code
     resumes there (``force=True`` re-runs finished cells). ``mlflow``: a tracking URI
-    (needs the ``[mlflow]`` extra). ``source`` names the caller in error messages. A bad argument raises :class:`bench.errors.ConfigError`
-    before any cell runs; a failed cell does not raise (see ``Run.failed``).
+    (needs the ``[mlflow]`` extra). ``source`` names the caller in error messages.
+    A bad argument raises :class:`bench.errors.ConfigError` before any cell runs;
+    a failed cell does not raise (see ``Run.failed``).
     In a script, call it under ``if __name__ == "__main__":`` (cells run in worker processes).
     """
     from bench.data import DataOptions
@@ -309,7 +316,8 @@ def run(suite: Any = None, *, mirror: PathLike | Sequence[PathLike] = (), models
         try:
             result.mlflow_run_id = tracker.log(result.data)
         except Exception as exc:  # noqa: BLE001 - a tracking server going away must not lose the run
-            result.tracking_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            result.tracking_error = f"{type(exc).__name__}: {first_line}"
     return result
 
 
