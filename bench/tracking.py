@@ -12,10 +12,11 @@ and each cell (dataset x split x model x seed) a run nested under it:
 - tags: provenance (commit, dirty flag, machine, device, package versions),
   split fingerprint, cell id and status (and the error of a failed cell).
 
-The parent gets report.html, report.md and results.csv as artifacts. Logging
-reads the run folder after the suite has finished (through
-:mod:`bench.report.rundata`), so it never slows a cell and a resumed run logs
-every cell. MLflow is the optional ``[mlflow]`` extra, imported only here.
+The parent gets the suite's outline as params and report.html, report.md and
+results.csv as artifacts. Logging reads the run folder after the suite has
+finished (through :mod:`bench.report.rundata`), so it never slows a cell and a
+resumed run logs every cell. MLflow is the optional ``[mlflow]`` extra,
+imported only here.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class MlflowTracker:
                                    tags={**prov_tags, "bench.suite": run.suite, "bench.run_id": run.run_id,
                                          "bench.run_dir": str(run.run_dir)})
         pid = parent.info.run_id
+        client.log_batch(pid, params=[Param(k, v) for k, v in suite_params(run.config).items()])
         failed = 0
         frame = run.frame
         for cell_id, rows in frame.groupby("cell_id", sort=False):
@@ -109,6 +111,18 @@ class MlflowTracker:
                 client.log_artifact(pid, str(path))
         client.set_terminated(pid, status="FAILED" if failed else "FINISHED")
         return pid
+
+
+def suite_params(config: dict[str, Any]) -> dict[str, str]:
+    """What the suite ran, as params of the parent run (the full config is in the run folder's config.json)."""
+    ev = config.get("evaluation") or {}
+    params = {"suite": config.get("name", ""), "device": config.get("device", ""),
+              "seeds": json.dumps(config.get("seeds", [])),
+              "datasets": json.dumps([d.get("name") for d in config.get("datasets", [])]),
+              "splits": json.dumps([s.get("kind") for s in config.get("splits", [])]),
+              "models": json.dumps([m.get("label") or m.get("name") for m in config.get("models", [])]),
+              "k": json.dumps(ev.get("k", [])), "protocol": ev.get("protocol", "")}
+    return {k: str(v)[:6000] for k, v in params.items()}
 
 
 def cell_params(row: Any) -> dict[str, str]:

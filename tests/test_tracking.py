@@ -68,6 +68,7 @@ def test_each_cell_is_a_nested_run_with_the_values_of_results_csv(tmp_path, file
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.run_name == run_dir.name
     parent = parents[0]
+    assert parent.data.params["models"] == '["pop", "als"]' and parent.data.params["seeds"] == "[0]"
     assert sorted(a.path for a in client.list_artifacts(parent.info.run_id)) == ["report.html", "report.md",
                                                                                  "results.csv"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
