@@ -189,8 +189,9 @@ def _as_list(value: Any) -> list[Any] | None:
     return list(value)
 
 
-def _dataset_name(entry: Any) -> str:
-    """A registered name as is; a bench ``Dataset`` object (``bench.dataset_from_frame``) is registered first."""
+def _dataset_entry(entry: Any) -> Any:
+    """A registered name as is; a bench ``Dataset`` object (``bench.dataset_from_frame``) is registered
+    first, and the suite entry that registration returns (a DatasetSpec carrying the content hash) is used."""
     if isinstance(entry, str):
         return entry
     try:
@@ -201,7 +202,7 @@ def _dataset_name(entry: Any) -> str:
             f"bench.data.frames.register (user datasets from DataFrames), which this bench does not have yet. "
             f"Pass registered dataset names (bench.list_datasets()) instead.") from None
     registered = register(entry)
-    return registered if isinstance(registered, str) else str(getattr(entry, "name"))
+    return str(getattr(entry, "name")) if registered is None else registered
 
 
 def narrow(config: "SuiteConfig", *, datasets: Sequence[Any] | None = None, models: Sequence[str] | None = None,
@@ -212,10 +213,13 @@ def narrow(config: "SuiteConfig", *, datasets: Sequence[Any] | None = None, mode
     cli = where == "command line"  # name the flag the user typed, or the keyword argument
     if datasets:
         by_name = {d.name: d for d in config.datasets}
-        names = [_dataset_name(d) for d in datasets]
-        for name in names:
-            _known(registry.datasets, name, "--dataset" if cli else "datasets=", where)
-        config.datasets = [by_name.get(name, DatasetSpec(name)) for name in names]
+        chosen_datasets = []
+        for entry in map(_dataset_entry, datasets):
+            if isinstance(entry, str):
+                _known(registry.datasets, entry, "--dataset" if cli else "datasets=", where)
+                entry = by_name.get(entry, DatasetSpec(entry))
+            chosen_datasets.append(entry)
+        config.datasets = chosen_datasets
     if models:
         by_name: dict[str, list[Any]] = {}
         for m in config.models:
