@@ -171,10 +171,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import write_report
+    from bench import api
 
-    files = write_report(args.run_dir, compare=args.compare, out=args.out, metric=args.metric)
-    print(f"report: {files.html}\nsummary: {files.markdown}")
+    html = api.load_run(args.run_dir).report(args.out, compare=args.compare, metric=args.metric, markdown=True)
+    print(f"report: {html}\nsummary: {html.with_suffix('.md')}")
     return 0
 
 
