@@ -103,6 +103,18 @@ def test_leaderboard_mistakes_name_what_exists(runs):
         run.leaderboard("ndcg@10", segment="shots=3")
     with pytest.raises(ConfigError, match="metric 'ndcg@50' is not in these leaderboards; choose one of"):
         run.leaderboard("ndcg@50")
+    with pytest.raises(ConfigError, match=r"dataset='ml-100k' \(present: synthetic\)"):
+        run.leaderboard("ndcg@10", dataset="ml-100k")
+    assert set(run.leaderboard("ndcg@10", dataset="synthetic", split="random")["segment"]) == {"all"}
+
+
+def test_load_run_of_a_wrong_folder_says_what_a_run_folder_is(tmp_path):
+    from bench.report import ReportError
+
+    with pytest.raises(ReportError, match="does not exist; pass a folder under reports/runs/"):
+        bench.load_run(tmp_path / "nope")
+    with pytest.raises(ReportError, match="has no results.json"):
+        bench.load_run(tmp_path)
 
 
 def test_report_writes_html_and_markdown_only_when_asked(runs, tmp_path):
