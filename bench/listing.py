@@ -91,12 +91,18 @@ def list_models() -> pd.DataFrame:
             continue
         caps: Capabilities = getattr(cls, "capabilities", Capabilities())
         rows.append({"name": name, "family": getattr(cls, "family", "") or "?",
-                     "summary": getattr(cls, "summary", "") or _first_line(cls.__doc__),
+                     "summary": _summary(cls),
                      "serves": _serves(caps), "devices": ", ".join(caps.devices),
                      "deterministic": bool(caps.deterministic), "needs": missing_extra(cls),
                      "origin": registry.models.origin(name)})
     return pd.DataFrame(rows, columns=["name", "family", "summary", "serves", "devices", "deterministic", "needs",
                                        "origin"])
+
+
+def _summary(cls: type) -> str:
+    """The class's own summary, else its own docstring's first line; an inherited summary describes the parent."""
+    return (cls.__dict__.get("summary") or _first_line(cls.__dict__.get("__doc__"))
+            or getattr(cls, "summary", "") or "")
 
 
 def _first_line(doc: str | None) -> str:

@@ -229,7 +229,8 @@ class Recommender:
 
     name: ClassVar[str] = ""
     # What `bench list models` tells a newcomer (bench.listing); every plug-in sets both:
-    # ``family`` is one of FAMILIES, ``summary`` one line saying what the model does and how.
+    # ``family`` is one of FAMILIES, ``summary`` one line saying what the model does and how (set it on each
+    # class: a subclass without its own summary is described by its docstring's first line).
     family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     # The pip extra of the plug-in's distribution that fit/recommend need ("llm" -> bench-recsys[llm]),
