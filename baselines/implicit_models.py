@@ -20,6 +20,8 @@ class ALS(Recommender):
     """
 
     name = "als"
+    family = "CF/MF"
+    summary = "implicit's alternating least squares matrix factorisation (Hu, Koren & Volinsky 2008)"
     capabilities = Capabilities(cold_users=True, update=True)
     preload_modules = ("implicit.cpu.als",)  # ~0.4 s of imports (scipy.linalg): a cold load, not fit time
     default_params = {"factors": 64, "regularization": 0.05, "alpha": 2.0, "iterations": 15, "num_threads": 0}
@@ -124,6 +126,8 @@ class BPR(_ImplicitSGD):
     """
 
     name = "bpr"
+    family = "CF/MF"
+    summary = "implicit's Bayesian personalised ranking, pairwise SGD matrix factorisation (Rendle 2009)"
     default_params = {"factors": 100, "learning_rate": 0.01, "regularization": 0.01, "iterations": 100,
                       "verify_negative_samples": True, "num_threads": 0}
 
@@ -140,6 +144,8 @@ class LMF(_ImplicitSGD):
     """
 
     name = "lmf"
+    family = "CF/MF"
+    summary = "implicit's logistic matrix factorisation (Johnson 2014)"
     default_params = {"factors": 30, "learning_rate": 1.0, "regularization": 0.6, "iterations": 30,
                       "neg_prop": 30, "num_threads": 0}
 

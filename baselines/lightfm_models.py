@@ -48,6 +48,8 @@ class LightFMPure(Recommender):
     """LightFM with identity features only; see the module docstring."""
 
     name = "lightfm"
+    family = "CF/MF"
+    summary = "LightFM factorisation with identity features only (pure CF, WARP loss)"
     capabilities = Capabilities(cold_users=True, update=True)
     # LightFM's own defaults, except no_components/epochs from its MovieLens examples (30).
     default_params: dict[str, Any] = {
@@ -175,6 +177,8 @@ class LightFMHybrid(LightFMPure):
     """LightFM with identity + side features for users and items; see the module docstring."""
 
     name = "lightfm-hybrid"
+    family = "CF/MF"
+    summary = "LightFM hybrid: identity + item genres/tags/title and user demographics features"
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True, update=True)
     default_params = {**LightFMPure.default_params, "user_side_features": True, "item_side_features": True}
     hybrid = True

@@ -108,6 +108,8 @@ class ItemKNN(HistoryModel):
     """
 
     name = "itemknn"
+    family = "CF/MF"
+    summary = "item-based k-nearest neighbours, shrunk cosine similarity (Sarwar 2001)"
     default_params: dict[str, Any] = {"neighbours": 100, "shrink": 10.0, "block_size": 2048}
 
     def learn(self, user_items: sp.csr_matrix) -> None:
@@ -148,6 +150,8 @@ class EASE(HistoryModel):
     """
 
     name = "ease"
+    family = "CF/MF"
+    summary = "closed-form linear item-item autoencoder EASE (Steck 2019)"
     default_params: dict[str, Any] = {"l2": 250.0}
 
     def learn(self, user_items: sp.csr_matrix) -> None:
@@ -172,6 +176,8 @@ class PureSVD(HistoryModel):
     """
 
     name = "puresvd"
+    family = "CF/MF"
+    summary = "truncated SVD of the binary interaction matrix, history fold-in (Cremonesi 2010)"
     default_params: dict[str, Any] = {"factors": 50}
 
     def learn(self, user_items: sp.csr_matrix) -> None:

@@ -15,6 +15,8 @@ class Pop(Recommender):
     """
 
     name = "pop"
+    family = "floor"
+    summary = "most popular items by number of training users; the same list for everyone"
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, update=True, personalised=False)
 
     def fit(self, train: TrainData) -> None:
@@ -34,6 +36,8 @@ class Random(Recommender):
     """Uniform random scores, reproducible per (seed, user) whatever the batching."""
 
     name = "random"
+    family = "floor"
+    summary = "uniform random scores, reproducible per (seed, user): the chance level"
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True, update=True,
                                 personalised=False)
 

@@ -10,7 +10,6 @@ from typing import Sequence
 
 import pandas as pd
 
-from bench import registry
 from bench.errors import BenchError, ConfigError
 from bench.rundir import RunDir
 
@@ -44,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run in RUN_DIR with the config stored there")
     run.add_argument("--force", action="store_true", help="re-run cells that already finished")
     run.add_argument("--no-report", action="store_true", help="do not write RUN_DIR/report.html and report.md")
+    run.add_argument("--mlflow", nargs="?", const="default", metavar="URI",
+                     help="log the run to MLflow: each cell a run nested under the suite's (needs the [mlflow] "
+                          "extra); URI like file:./mlruns or http://host:5000, none = MLflow's own setting")
     add_data_options(run)
 
     report = sub.add_parser("report", help="write a self-contained HTML report (and a Markdown leaderboard) "
@@ -64,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "at most the largest k the suite stored its lists at")
     add_data_options(score)
 
-    lst = sub.add_parser("list", help="list registered models, datasets, metrics or suites")
+    lst = sub.add_parser("list", help="list registered models, datasets, metrics or suites; with NAME, "
+                                      "the details of one (a model's parameters and defaults)")
     lst.add_argument("what", choices=["models", "datasets", "metrics", "suites"])
+    lst.add_argument("name", nargs="?", metavar="NAME", help="show one entry in detail")
 
     data = sub.add_parser("data", help="inspect a dataset before benchmarking it")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
@@ -109,35 +113,6 @@ def data_options(args: argparse.Namespace):
     return DataOptions(**kwargs)
 
 
-def apply_overrides(config, args: argparse.Namespace):
-    """--dataset/--model/--seed/--device narrow or replace what the suite runs."""
-    from bench.config import DatasetSpec, ModelSpec, _check_model_params, _known
-
-    if args.dataset:
-        by_name = {d.name: d for d in config.datasets}
-        for name in args.dataset:
-            _known(registry.datasets, name, "--dataset", "command line")
-        config.datasets = [by_name.get(name, DatasetSpec(name)) for name in args.dataset]
-    if args.model:
-        by_name: dict = {}
-        for m in config.models:
-            by_name.setdefault(m.name, []).append(m)
-            by_name.setdefault(m.label, []).append(m)
-        chosen = []
-        for name in args.model:
-            _known(registry.models, name, "--model", "command line") if name not in by_name else None
-            for spec in by_name.get(name, [ModelSpec(name)]):
-                if spec not in chosen:
-                    chosen.append(spec)
-                    _check_model_params(spec, f"model '{spec.label}'", "command line")
-        config.models = chosen
-    if args.seed:
-        config.seeds = list(args.seed)
-    if args.device:
-        config.device = args.device
-    return config
-
-
 def summary_table(frame: pd.DataFrame) -> str:
     """A compact leaderboard: NDCG and Recall at the middle cut-off, plus fit time, per segment."""
     ok = frame[frame["status"] == "ok"]
@@ -168,59 +143,48 @@ def summary_table(frame: pd.DataFrame) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.config import config_from_dict, load_suite
-    from bench.runner import run_suite
+    from bench import api
 
-    if args.resume is not None:
-        folder = RunDir(args.resume)
-        stored = folder.read_config()
-        if stored is None:
-            raise ConfigError(f"--resume {args.resume}: no config.json there; pass the folder of an earlier run")
-        if args.suite or args.dataset or args.model or args.seed:
-            raise ConfigError("--resume continues a run with the config stored in it; drop --suite/--dataset/"
-                              "--model/--seed (start a new run to change them)")
-        config = config_from_dict(stored, str(folder.config_file))
-        if args.device:
-            config.device = args.device
-    elif args.suite:
+    if args.resume is None and not args.suite:
+        raise UsageError("usage: bench run --suite NAME|PATH [options]  or  bench run --resume RUN_DIR\n"
+                         "bench run: error: give --suite NAME|PATH, or --resume RUN_DIR (see bench run --help)")
+    if args.resume is None:
         from bench.reproduce import is_reproduce_file, print_reproduce
 
         if is_reproduce_file(args.suite):  # [[experiments]]: published vs ours (bench/reproduce.py)
             return print_reproduce(args.suite, out_root=args.out, data=data_options(args),
                                    narrowed=bool(args.dataset or args.model or args.seed))
-        config = apply_overrides(load_suite(args.suite), args)
-    else:
-        raise UsageError("usage: bench run --suite NAME|PATH [options]  or  bench run --resume RUN_DIR\n"
-                         "bench run: error: give --suite NAME|PATH, or --resume RUN_DIR (see bench run --help)")
-    summary = run_suite(config, out_root=args.out, data=data_options(args), run_dir=args.resume, force=args.force)
-    print(summary_table(summary.frame))
-    print(f"\nresults: {RunDir(summary.run_dir).results_csv} ({summary.cells} cells, {summary.failed} failed, "
-          f"{summary.skipped} reused)")
-    for failure in summary.failures:
+    if args.resume is not None and (args.suite or args.dataset or args.model or args.seed):
+        raise ConfigError("--resume continues a run with the config stored in it; drop --suite/--dataset/"
+                          "--model/--seed (start a new run to change them)")
+    options = data_options(args)
+    run = api.run(args.suite, resume=args.resume, datasets=args.dataset, models=args.model, seeds=args.seed,
+                  device=args.device, out=args.out, force=args.force, mirror=options.mirrors,
+                  cache_dir=options.cache_dir, download=options.allow_download, report=not args.no_report,
+                  mlflow=args.mlflow, source="command line")
+    print(summary_table(run.results))
+    print(f"\nresults: {RunDir(run.run_dir).results_csv} ({run.cells} cells, {run.failed} failed, "
+          f"{run.reused} reused)")
+    for failure in run.failures:
         print(f"FAILED {failure}", file=sys.stderr)
-    report_failed = False if args.no_report else not write_run_report(summary.run_dir)
-    return 1 if summary.failed or report_failed else 0
-
-
-def write_run_report(run_dir: Path) -> bool:
-    """The report at the end of `bench run`; a report problem never loses the run's results."""
-    from bench.report import write_report
-
-    try:
-        files = write_report(run_dir)
-    except Exception as exc:  # noqa: BLE001 - results are saved; say how to retry
-        print(f"bench: the report could not be written ({type(exc).__name__}: {exc}); results are saved, "
-              f"retry with `bench report {run_dir}`", file=sys.stderr)
-        return False
-    print(f"report: {files.html} (summary {files.markdown.name})")
-    return True
+    if run.report_error:
+        print(f"bench: the report could not be written ({run.report_error}); results are saved, "
+              f"retry with `bench report {run.run_dir}`", file=sys.stderr)
+    elif not args.no_report:
+        print(f"report: {run.run_dir / 'report.html'} (summary report.md)")
+    if run.mlflow_run_id:
+        print(f"mlflow: run {run.mlflow_run_id} (one nested run per cell)")
+    if run.tracking_error:
+        print(f"bench: logging to MLflow failed ({run.tracking_error}); results are saved in {run.run_dir}",
+              file=sys.stderr)
+    return 1 if run.failed or run.report_error or run.tracking_error else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import write_report
+    from bench import api
 
-    files = write_report(args.run_dir, compare=args.compare, out=args.out, metric=args.metric)
-    print(f"report: {files.html}\nsummary: {files.markdown}")
+    html = api.load_run(args.run_dir).report(args.out, compare=args.compare, metric=args.metric, markdown=True)
+    print(f"report: {html}\nsummary: {html.with_suffix('.md')}")
     return 0
 
 
@@ -243,30 +207,33 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    if args.what == "models":
-        for name in registry.models.names():
-            print(f"{name:18s} {registry.models.origin(name)}")
+    from bench import listing
+
+    if args.name:
+        describe = {"models": listing.describe_model, "datasets": listing.describe_dataset,
+                    "metrics": listing.describe_metric, "suites": listing.describe_suite}[args.what]
+        print(describe(args.name))
+    elif args.what == "models":
+        for row in listing.list_models().itertuples(index=False):
+            print(f"{row.name:16s} [{row.family}] {row.summary}")
+            facts = f"serves warm users, {row.serves}" if row.serves != "warm users only" else "serves warm users only"
+            if row.devices:
+                facts += f" · devices: {row.devices} · deterministic: {'yes' if row.deterministic else 'no'}"
+            if row.needs:
+                facts += f" · needs: {row.needs}"
+            facts += f" · {row.origin}"
+            print(f"{'':16s} {facts}")
+        print("\nDetails and parameters: bench list models NAME")
     elif args.what == "datasets":
-        import bench.data  # noqa: F401  (registers datasets)
-
-        for name in registry.datasets.names():
-            origin = registry.datasets.origin(name)
-            where = f"  [{origin}]" if origin.startswith(("entry point", "the user's")) else ""
-            print(f"{name:18s} {getattr(registry.datasets.get(name), 'description', '')}{where}")
+        for row in listing.list_datasets().itertuples(index=False):
+            # plug-ins and the user's own data say where they come from (cards and the generator are built in)
+            where = f"  [{row.origin}]" if row.origin.startswith(("entry point", "the user's")) else ""
+            print(f"{row.name:16s} {row.title}" + (f" ({row.size})" if row.size else "") + where)
+            print(f"{'':16s} license: {row.license or '?'} · source: {row.source or '?'}")
     elif args.what == "metrics":
-        from bench.metrics import get_metric
-
-        for name in registry.metrics.names():
-            m = get_metric(name)
-            direction = "higher is better" if m.higher_is_better else "lower is better"
-            print(f"{name:24s} {direction:17s} {m.description}")  # room for variants: map[denominator=test]
+        print(listing.format_table(listing.list_metrics(), ["name", "direction", "needs", "formula"]))
     else:
-        from bench.config import builtin_suites
-        import tomllib
-
-        for name, path in builtin_suites().items():
-            description = tomllib.loads(path.read_text(encoding="utf-8")).get("description", "")
-            print(f"{name:12s} {description}")
+        print(listing.format_table(listing.list_suites(), ["name", "description"]))
     return 0
 
 

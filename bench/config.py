@@ -38,13 +38,13 @@ from bench.protocol import Capabilities
 from bench.registry import suggest
 from bench.schema import check_keys as _check_keys
 from bench.specs import (DEFAULT_SELECT_BY, DatasetSpec, EvaluationSpec, ExecutionSpec, ModelSpec,  # noqa: F401
-                         SplitSpec, SuiteConfig, parse_realtime, parse_systems)
+                         SplitSpec, SuiteConfig, parse_realtime, parse_systems, parse_tracking)
 
 
 # -- schema ------------------------------------------------------------------
 
 _TOP = {"name": str, "description": str, "seeds": list, "device": str, "datasets": list, "splits": list,
-        "models": list, "evaluation": dict, "execution": dict}
+        "models": list, "evaluation": dict, "execution": dict, "tracking": dict}
 _EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int, float)}
 _DATASET = {"name": str, "params": dict, "implicit": dict, "source": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list, "train": str, "test": str, "valid": str}
@@ -172,7 +172,7 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
 
     return SuiteConfig(name=raw["name"], description=raw.get("description", ""), seeds=list(seeds), device=device,
                        datasets=datasets, splits=splits, models=models, evaluation=evaluation, execution=execution,
-                       source=source)
+                       tracking=parse_tracking(raw.get("tracking"), source), source=source)
 
 
 def _parse_dataset(table: Any, i: int, source: str, base_dir: Path) -> DatasetSpec:

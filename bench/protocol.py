@@ -208,8 +208,18 @@ def mask_and_rank(scores: np.ndarray, k: int, *, candidates: np.ndarray | None =
     return np.take_along_axis(cand, idx, axis=1), vals
 
 
+# Model families shown by `bench list models` (the ``family`` attribute of a Recommender):
+FAMILIES: dict[str, str] = {
+    "floor": "non-personalised reference (popularity, random): what any model must beat",
+    "CF/MF": "collaborative filtering / matrix factorisation on the interaction matrix",
+    "neural": "neural network trained on interactions (torch), e.g. sequence or autoencoder models",
+    "language model": "pretrained text encoder or causal language model over item text",
+}
+
+
 class Recommender:
-    """Base class for plug-ins. Subclasses set ``capabilities`` and ``default_params``.
+    """Base class for plug-ins. Subclasses set ``capabilities`` and ``default_params``,
+    and ``family`` (a key of :data:`FAMILIES`), ``summary`` (one line) and ``extra`` for `bench list`.
 
     The simplest model implements :meth:`fit` and :meth:`score` (dense scores for
     all items); :meth:`recommend` then handles candidates, exclusions and top-k.
@@ -218,6 +228,14 @@ class Recommender:
     """
 
     name: ClassVar[str] = ""
+    # What `bench list models` tells a newcomer (bench.listing); every plug-in sets both:
+    # ``family`` is one of FAMILIES, ``summary`` one line saying what the model does and how (set it on each
+    # class: a subclass without its own summary is described by its docstring's first line).
+    family: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    # The pip extra of the plug-in's distribution that fit/recommend need ("llm" -> bench-recsys[llm]),
+    # or "" when the core dependencies suffice; `bench list models NAME` says when it is missing.
+    extra: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
     default_params: ClassVar[dict[str, Any]] = {}
     # Modules worth importing once in the cell forkserver rather than in every cell

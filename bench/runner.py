@@ -393,8 +393,8 @@ def run_key(config: SuiteConfig) -> str:
     contributes the hash of its diff, so edited code never reuses stale cells.
     """
     # execution settings are part of the key: isolation changes what fit and serving timings include
-    # (process caches shared across cells or not), so two modes never mix in one folder
-    payload = {"config": {k: v for k, v in config.as_dict().items() if k != "source"},
+    # (process caches shared across cells or not), so two modes never mix in one folder; tracking is not
+    payload = {"config": {k: v for k, v in config.as_dict().items() if k not in ("source", "tracking")},
                "git": provenance.git_state(), "diff": provenance.git_diff_digest(),
                "packages": provenance.package_versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]

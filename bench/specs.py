@@ -10,6 +10,7 @@ the registries (model, dataset and metric names, grids) are in ``bench.config``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,6 +45,48 @@ class ExecutionSpec:
             raise ConfigError(f"{source}: execution.timeout and memory_limit_gb must be >= 0")
         if self.isolation == "none" and (self.timeout or self.memory_limit_gb):
             raise ConfigError(f"{source}: execution.timeout / memory_limit_gb need isolation = \"process\"")
+
+
+# -- [tracking] ----------------------------------------------------------------------------
+
+# `[tracking] mlflow = "default"` / a bare `--mlflow`: MLflow resolves the store itself (MLFLOW_TRACKING_URI, ...)
+DEFAULT_TRACKING_URI = "default"
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+@dataclass
+class TrackingSpec:
+    """``[tracking]`` of a suite: where bench.tracking logs the run, or nowhere (``mlflow = ""``).
+
+    Not part of a run's identity: the same suite logged elsewhere reuses its finished cells."""
+
+    mlflow: str = ""
+
+
+def parse_tracking(raw: Any, source: str) -> TrackingSpec:
+    """Check ``[tracking]`` before anything runs: a table whose ``mlflow`` is a tracking URI, a path or "default"."""
+    if raw is None or raw == {}:
+        return TrackingSpec()
+    if isinstance(raw, TrackingSpec):
+        raw = {"mlflow": raw.mlflow}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [tracking] must be a table, e.g. [tracking] mlflow = \"file:./mlruns\"")
+    unknown = sorted(set(raw) - {"mlflow"})
+    if unknown:
+        raise ConfigError(f"{source}: tracking has unknown key(s) {unknown}; valid: mlflow")
+    return TrackingSpec(check_tracking_uri(raw.get("mlflow", ""), f"{source}: tracking.mlflow"))
+
+
+def check_tracking_uri(uri: Any, where: str) -> str:
+    """A tracking URI (``file:./mlruns``, ``http://host:5000``), a local path, or "default"."""
+    if not isinstance(uri, str):
+        raise ConfigError(f"{where} must be a string (a tracking URI such as \"file:./mlruns\" or "
+                          f"\"http://host:5000\"), got {uri!r}")
+    uri = uri.strip()
+    if uri and uri != DEFAULT_TRACKING_URI and not _URI_SCHEME.match(uri) and not re.match(r"^[\w./~-]+$", uri):
+        raise ConfigError(f"{where} = {uri!r} is neither a URI (scheme:...) nor a plain path; use e.g. "
+                          f"\"file:./mlruns\", \"http://host:5000\" or \"default\" (MLflow's own setting)")
+    return uri
 
 
 # -- [evaluation.systems] --------------------------------------------------------------------
@@ -246,6 +289,7 @@ class SuiteConfig:
     models: list[ModelSpec] = field(default_factory=list)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)  # [tracking]: log the run to MLflow
     source: str = ""  # where the config came from (file path or "builtin:NAME")
 
     def as_dict(self) -> dict[str, Any]:

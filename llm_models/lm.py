@@ -192,6 +192,9 @@ class LLMRerank(LMRecommender):
     """
 
     name = "llm-rerank"
+    family = "language model"
+    summary = "LoRA fine-tuned causal LM reranking a first stage's candidates by P(yes)"
+    extra = "llm"
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True,
                                 devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {
@@ -337,6 +340,9 @@ class LLMGenerate(LMRecommender):
     """
 
     name = "llm-generate"
+    family = "language model"
+    summary = "LoRA fine-tuned causal LM writes the next item; a text encoder maps it to the catalogue"
+    extra = "llm"
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True,
                                 devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {

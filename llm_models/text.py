@@ -39,6 +39,9 @@ class TextEmbed(Recommender):
     """
 
     name = "text-embed"
+    family = "language model"
+    summary = "zero-shot sentence-encoder similarity between item text and the user's history"
+    extra = "llm"
     preload_modules = ("torch", "transformers")  # imported once in the cell forkserver (bench.execution)
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=False, cold_items=True, update=True,
                                 devices=("cpu", "cuda"))
@@ -137,6 +140,9 @@ class TextTwoTower(TextEmbed):
     """
 
     name = "text-twotower"
+    family = "language model"
+    summary = "the sentence encoder fine-tuned contrastively: history text -> next item text"
+    extra = "llm"
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=False, cold_items=True,
                                 devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {

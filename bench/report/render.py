@@ -136,9 +136,9 @@ def render_html(run: RunData, other: RunData | None = None, metric: str = DEFAUL
 
 
 def write_report(run_dir: Path, *, compare: Path | None = None, out: Path | None = None,
-                 metric: str = DEFAULT_METRIC) -> ReportFiles:
+                 metric: str = DEFAULT_METRIC, markdown: bool = True) -> ReportFiles:
     """Render ``run_dir`` (optionally against ``compare``) to ``out`` (default ``run_dir/report.html``)
-    and the Markdown leaderboard beside it (same name, ``.md``)."""
+    and, unless ``markdown`` is False, the Markdown leaderboard beside it (same name, ``.md``)."""
     run = load_run(run_dir)
     other = load_run(compare) if compare is not None else None
     html_path = Path(out) if out is not None else run.run_dir / "report.html"
@@ -147,11 +147,13 @@ def write_report(run_dir: Path, *, compare: Path | None = None, out: Path | None
                           f"beside it as .md)")
     text, context = render_html(run, other, metric)
     md_path = html_path.with_suffix(".md")
-    markdown = leaderboard_markdown(context["boards"], suite=run.suite, run_id=run.run_id, headline=metric,
-                                    html_name=html_path.name, compare_id=other.run_id if other else None,
-                                    which=context["which"])
+    summary = leaderboard_markdown(context["boards"], suite=run.suite, run_id=run.run_id, headline=metric,
+                                   html_name=html_path.name, compare_id=other.run_id if other else None,
+                                   which=context["which"])
+    written = [html_path] + ([md_path] if markdown else [])
     atomic_write_bytes(html_path, text.encode("utf-8"))
-    atomic_write_bytes(md_path, markdown.encode("utf-8"))
-    for path in (html_path, md_path):  # made to be shared: readable like any other file, not 0600
+    if markdown:
+        atomic_write_bytes(md_path, summary.encode("utf-8"))
+    for path in written:  # made to be shared: readable like any other file, not 0600
         path.chmod(0o644)
     return ReportFiles(html_path, md_path)
