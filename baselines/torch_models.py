@@ -504,9 +504,10 @@ class MeLU(TorchRecommender):
     by their side features when the dataset has them (MeLU's user embedding of
     demographics), otherwise by one learned vector; items by an id embedding plus
     a projection of their features. Embedding size 32, hidden 64/64, meta-batch 32
-    and one local step follow MeLU's config.py; its learning rates (5e-5 / 5e-6)
-    are for rating MSE and do not carry over, so ``meta_lr`` 0.001 and
-    ``local_lr`` 0.5 are ours, set on the checkerboard and not on test data.
+    and one local step follow ``config`` in the authors' options.py
+    (hoyeoplee/MeLU); its learning rates (5e-5 / 5e-6) are for rating MSE and do
+    not carry over, so ``meta_lr`` 0.001 and ``local_lr`` 0.5 are ours, set on the
+    checkerboard and not on test data.
 
     Serving adapts on the user's history: the k shots of a cold user, the
     training history of a warm user (its most recent ``max_history`` items). With

@@ -229,3 +229,49 @@ def test_cornac_suite_params_are_checked_before_running(tmp_path) -> None:
                      '[[models]]\nname = "cornac"\nparams = { model = "BPR", factors = 3 }\n')
     with pytest.raises(ConfigError, match="factors"):
         load_suite(str(suite))
+
+
+# -- through the runner, and in the built-in suites ---------------------------------------------
+
+@pytest.mark.slow
+def test_neural_models_run_end_to_end_on_k_shot_cold_users(tmp_path) -> None:
+    """Through the runner, each model serves exactly the k-shot levels its capabilities declare."""
+    from bench.config import parse_suite
+    from bench.runner import run_suite
+
+    tiny = {"num_threads": 1}
+    raw = {"name": "neural-test", "seeds": [0],
+           "evaluation": {"k": [5], "bootstrap": 0, "metrics": ["ndcg"],
+                          "systems": {"warmup": 0, "latency_requests": 2, "batch_sizes": [0], "max_seconds": 0.5}},
+           "datasets": [{"name": "synthetic", "params": {"n_users": 60, "n_items": 40, "n_interactions": 1200}}],
+           "splits": [{"kind": "user_coldstart", "params": {"user_fraction": 0.2, "shots": [0, 3]}}],
+           "models": [{"name": "bpr-mf", "params": {**tiny, "epochs": 2, "embedding_size": 8}},
+                      {"name": "lightgcn", "params": {**tiny, "epochs": 2, "embedding_size": 8}},
+                      {"name": "sasrec", "params": {**tiny, "epochs": 2, "hidden_size": 8, "inner_size": 8}},
+                      {"name": "melu", "params": {**tiny, "epochs": 1, "embedding_size": 4, "hidden_size": 8}},
+                      {"name": "cornac", "params": {"model": "MostPop"}}]}
+    summary = run_suite(parse_suite(raw, "test"), out_root=tmp_path, progress=None)
+    assert not summary.failed, summary.failures
+    frame = summary.frame
+    ndcg = frame[frame["metric"] == "ndcg"]
+    served = {m: set(ndcg[(ndcg["model"] == m) & (ndcg["status"] == "ok")]["segment"]) for m in ndcg["model"].unique()}
+    assert served["bpr-mf"] == set(), served  # no fold-in: cold users are "not served", never guessed
+    for model, zero_shot in (("lightgcn", False), ("sasrec", False), ("melu", True)):
+        shots = {s for s in served[model] if "shot" in s}
+        assert any("3" in s for s in shots), (model, served[model])
+        assert any("0" in s for s in shots) == zero_shot, (model, served[model])
+    assert (frame["metric"] == "fit_seconds").any()
+
+
+def test_built_in_suites_carry_the_neural_models_where_they_serve() -> None:
+    from bench.config import load_suite
+    from bench.reproduce import load_reproduce
+
+    coldstart = {m.name for m in load_suite("coldstart").models}
+    assert {"lightgcn", "sasrec", "melu"} <= coldstart
+    assert "sasrec" in {m.name for m in load_suite("llm").models}
+    neural = load_suite("neural")
+    assert {"leave_last_out", "temporal"} <= {s.kind for s in neural.splits}
+    assert {"bpr-mf", "lightgcn", "sasrec", "melu", "cornac", "als"} <= {m.name for m in neural.models}
+    ids = {e.id for e in load_reproduce("reproduce").experiments}
+    assert {"msrecommenders-bpr", "msrecommenders-lightgcn", "recbole-bpr-mf"} <= ids
