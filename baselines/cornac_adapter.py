@@ -41,6 +41,10 @@ def _cornac() -> Any:
 class Cornac(Recommender):
     """One adapter for Cornac's collaborative models (see the module docstring)."""
 
+    family = "CF/MF"
+    summary = "any Cornac collaborative model by name (params = { model = \"BPR\", ... })"
+    extra = "cornac"
+
     name = "cornac"
     capabilities = Capabilities(
         deterministic=False,

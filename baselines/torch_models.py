@@ -37,6 +37,9 @@ class TorchRecommender(Recommender):
     declares itself non-deterministic (atomics in sparse/scatter kernels).
     """
 
+    family = "neural"
+    extra = "torch"
+
     capabilities = Capabilities(devices=_DEVICES)
     preload_modules = ("torch", "torch._dynamo")  # Adam imports torch._dynamo on first use: seconds
     needs_grad_to_serve = False  # MeLU adapts to each user with gradient steps at serving time
@@ -171,6 +174,8 @@ class BPRMF(_DotProduct):
     here it is the budget (grid over it with ``select_by`` to select it).
     """
 
+    summary = "BPR matrix factorisation in PyTorch with RecBole's defaults (Adam, embedding 64)"
+
     name = "bpr-mf"
     default_params = {"embedding_size": 64, "learning_rate": 0.001, "train_batch_size": 2048, "epochs": 300,
                       "weight_decay": 0.0, "num_threads": 0, "eval_batch_size": 1024}
@@ -227,6 +232,8 @@ class LightGCN(_DotProduct):
     items' layer-(k-1) embeddings, exactly one propagation step through the
     fixed graph (the newcomer's own effect on the items is ignored).
     """
+
+    summary = "LightGCN graph convolution over the user-item graph (He 2020); cold users by fold-in"
 
     name = "lightgcn"
     capabilities = Capabilities(cold_users=True, devices=_DEVICES)
@@ -351,6 +358,8 @@ class SASRec(TorchRecommender):
     refitting). An empty sequence carries no information, so zero-shot cold
     users are not claimed.
     """
+
+    summary = "SASRec self-attentive next-item model over time-ordered histories (Kang 2018)"
 
     name = "sasrec"
     capabilities = Capabilities(cold_users=True, devices=_DEVICES)
@@ -513,6 +522,8 @@ class MeLU(TorchRecommender):
     training history of a warm user (its most recent ``max_history`` items). With
     an empty history the un-adapted global model answers (zero-shot).
     """
+
+    summary = "MeLU meta-learned (MAML) cold-start recommender adapting to a user's shots (Lee 2019)"
 
     name = "melu"
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, devices=_DEVICES)

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from bench import registry
 from bench.errors import BenchError, ConfigError
 from bench.rundir import RunDir
 

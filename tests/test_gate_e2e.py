@@ -251,7 +251,13 @@ def test_timing_gate_fails_a_3x_slower_als_fit_but_passes_a_rerun(tmp_path):
     baseline = tmp_path / "als3x.json"
     assert gate("--current", base_run, "--update-baseline", "--baseline", baseline, "--rules", rules) == 0
     assert load_baseline(baseline).provenance["calibration"]["seconds"] > 0.01
-    rerun = run(tmp_path, "rerun", text(1))
+    # A re-run of the same code passes. A burst of load from another process can still push one fit past
+    # +100% on a shared 2-core machine, so a disturbed re-run gets one more try, as a person would give it;
+    # the 3x run below gets none.
+    for attempt in range(2):
+        rerun = run(tmp_path, f"rerun{attempt}", text(1))
+        if gate("--current", rerun, "--baseline", baseline, "--rules", rules) == 0:
+            break
     assert gate("--current", rerun, "--baseline", baseline, "--rules", rules) == 0, verdict(rerun)["checks"]
     timing = [c for c in verdict(rerun)["checks"] if c["kind"] == "timing" and c["model"] == "als"]
     assert timing and all(c["verdict"] == "pass" for c in timing)  # measured, not skipped

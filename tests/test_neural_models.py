@@ -55,13 +55,22 @@ class TestSASRec(RecommenderContract):
     the held-out u must follow it: a set-complement question a next-item model
     is never trained on (no training prefix holds all of a user's items). It
     learns parity from short sequences (cold users below), not that complement,
-    so ``learns_structure`` is off and sequence-specific known answers follow.
+    so the two checkerboard known answers are replaced by sequence-specific ones
+    (``test_sasrec_serves_k_shot_newcomers_from_their_sequence`` on a shuffled
+    checkerboard, and the order test below).
     """
 
     model_name = "sasrec"
-    learns_structure = False
     params = {"hidden_size": 16, "inner_size": 32, "epochs": 40, "learning_rate": 0.01, "train_batch_size": 16,
               "hidden_dropout_prob": 0.1, "attn_dropout_prob": 0.1, "max_seq_length": 6, "num_threads": 1}
+
+    def test_known_answer_checkerboard(self) -> None:
+        pytest.skip("sasrec: the held-out diagonal item completes a set, which a next-item model is never trained "
+                    "on; known answers: test_sasrec_serves_k_shot_newcomers_from_their_sequence and the order test")
+
+    def test_cold_users_from_history(self) -> None:
+        pytest.skip("sasrec: an id-ordered checkerboard history is one fixed sequence; the parity known answer on "
+                    "a shuffled checkerboard is test_sasrec_serves_k_shot_newcomers_from_their_sequence")
 
 
 def test_sasrec_serves_k_shot_newcomers_from_their_sequence() -> None:
@@ -242,7 +251,7 @@ def test_neural_models_run_end_to_end_on_k_shot_cold_users(tmp_path) -> None:
     tiny = {"num_threads": 1}
     raw = {"name": "neural-test", "seeds": [0],
            "evaluation": {"k": [5], "bootstrap": 0, "metrics": ["ndcg"],
-                          "systems": {"warmup": 0, "latency_requests": 2, "batch_sizes": [0], "max_seconds": 0.5}},
+                          "systems": {"warmup": 1, "latency_requests": 2, "batch_sizes": [0], "max_seconds": 0.5}},
            "datasets": [{"name": "synthetic", "params": {"n_users": 60, "n_items": 40, "n_interactions": 1200}}],
            "splits": [{"kind": "user_coldstart", "params": {"user_fraction": 0.2, "shots": [0, 3]}}],
            "models": [{"name": "bpr-mf", "params": {**tiny, "epochs": 2, "embedding_size": 8}},
