@@ -192,15 +192,38 @@ def test_run_arguments_are_checked_before_any_cell(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing ran
 
 
-def test_dataset_objects_need_the_frames_module_or_run():
-    """A Dataset object is registered through bench.data.frames; until that exists the message says so."""
-    try:
-        import bench.data.frames  # noqa: F401
-    except ImportError:
-        with pytest.raises(NotImplementedError, match="bench.data.frames.register"):
-            api.narrow(api.load_config("smoke"), datasets=[object()])
-    else:
-        pytest.skip("bench.data.frames exists: covered by its own tests")
+def test_run_with_a_dataframe_dataset_equals_the_same_data_by_name(tmp_path):
+    """bench.run(suite, datasets=[bench.dataset_from_frame(...)]): the notebook path of the own-data issue.
+
+    The frame is the built-in synthetic generator's interactions, so the same suite run on the synthetic
+    dataset by name must give exactly the same accuracy rows (same split seed, same conversion).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from bench.data import DataOptions, load_dataset
+
+    params = {"n_users": 150, "n_items": 100, "n_interactions": 3000, "seed": 0}
+    synthetic = load_dataset("synthetic", DataOptions(cache_dir=tmp_path / "cache"), None, **params)
+    frame = pd.DataFrame({"u": synthetic.user, "i": synthetic.item, "t": synthetic.timestamp})
+    mine = bench.dataset_from_frame("mine", frame, columns={"user": "u", "item": "i", "timestamp": "t"})
+    assert (mine.n_users, mine.n_items, len(mine.user)) == (synthetic.n_users, synthetic.n_items,
+                                                            len(synthetic.user))
+    path = tmp_path / "suite.toml"
+    path.write_text(SUITE.format(factors=4), encoding="utf-8")
+    by_frame = bench.run(path, datasets=[mine], out=tmp_path / "frame", progress=False)
+    by_name = bench.run(path, out=tmp_path / "name", progress=False)
+    key = ["split", "segment", "model", "metric", "k"]
+    acc = lambda run: run.results[run.results["k"] > 0].sort_values(key).reset_index(drop=True)  # noqa: E731
+    a, b = acc(by_frame), acc(by_name)
+    assert set(a["dataset"]) == {"mine"}
+    # the frame carries no item categories, so it has no ild rows; every other row must match exactly
+    both = a.merge(b, on=key, suffixes=("_frame", "_name"), validate="one_to_one")
+    assert len(both) == len(a) > 0 and {"ndcg", "recall", "map"} <= set(both["metric"])
+    assert set(b.merge(a, on=key, how="left", indicator=True)
+               .query("_merge == 'left_only'")["metric"]) <= {"ild"}
+    assert np.array_equal(both["value_frame"].to_numpy(), both["value_name"].to_numpy(), equal_nan=True)
+    assert (both["status_frame"] == both["status_name"]).all()
 
 
 def readme_python_example() -> str:
