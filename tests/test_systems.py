@@ -270,7 +270,7 @@ def test_report_says_too_few_requests(tmp_path):
     (serving,) = [t for t in systems_tables(run) if t.title.endswith("serving")]
     column = serving.headers.index("latency p99")
     assert {row[column] for row in serving.rows} == {"too few requests (n = 12)"}
-    assert all(row[serving.headers.index("latency p50 (ms)")][0].isdigit() for row in serving.rows)
+    assert all(row[serving.headers.index("latency p50")][0].isdigit() for row in serving.rows)
 
 
 def _slow_first_call_model():
