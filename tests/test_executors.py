@@ -204,7 +204,7 @@ def test_ctrl_c_with_jobs_2_cancels_running_cells_and_keeps_finished_ones(tmp_pa
     suite_file.write_text(textwrap.dedent(KILL_SUITE))
     root = tmp_path / "runs"
     proc = subprocess.Popen(RUN_BENCH + ["run", "--suite", str(suite_file), "--out", str(root), "--jobs", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=os.environ | {"PYTHONFAULTHANDLER": "1"})
     try:
         deadline = time.time() + 120
@@ -216,9 +216,15 @@ def test_ctrl_c_with_jobs_2_cancels_running_cells_and_keeps_finished_ones(tmp_pa
             _, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack goes to stderr
-            raise AssertionError(f"no exit 60 s after Ctrl-C; stderr: {proc.communicate()[1][-6000:]}") from None
+            time.sleep(2)
+            os.killpg(proc.pid, signal.SIGKILL)  # and its cell processes, which would hold the pipes open
+            raise AssertionError(f"no exit 60 s after Ctrl-C; stderr: {proc.communicate(timeout=30)[1][-6000:]}") \
+                from None
     finally:
-        proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # never leave a cell process of this run behind
+        except ProcessLookupError:
+            pass
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     (run_dir,) = root.iterdir()
