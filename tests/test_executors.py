@@ -152,6 +152,25 @@ def test_command_line_execution_flags_are_checked_before_any_cell(tmp_path, caps
     assert not (tmp_path / "runs").exists()
 
 
+def test_api_execution_arguments_replace_the_suite_keys_also_on_resume(tmp_path):
+    from bench import api
+    from bench.rundir import RunDir
+
+    config = api.load_config("smoke", jobs=2)
+    assert (config.execution.executor, config.execution.jobs) == ("local", 2)
+    on_ray = api.load_config("smoke")
+    on_ray.execution.executor, on_ray.execution.ray_address = "ray", "auto"  # a run that Ray started
+    RunDir(tmp_path / "run").write_config(on_ray.as_dict())
+    resumed = api.load_config(resume=tmp_path / "run", executor="local", jobs=1)
+    assert (resumed.execution.executor, resumed.execution.ray_address, resumed.execution.jobs) == ("local", "", 1)
+    with pytest.raises(ConfigError, match="ray_address= names a Ray cluster; use it with executor='ray'"):
+        api.load_config("smoke", executor="local", ray_address="auto")
+    with pytest.raises(ConfigError, match="jobs= must be an integer"):
+        api.load_config("smoke", jobs="2")
+    with pytest.raises(ConfigError, match="jobs and max_retries must be >= 0"):
+        api.load_config(resume=tmp_path / "run", executor="local", jobs=-1)
+
+
 def test_resources_say_where_a_cell_runs_not_what_it_is(tmp_path):
     plain = suite([{"name": "als"}], tmp_path)
     placed = suite([{"name": "als", "resources": {"num_cpus": 2, "memory_gb": 1.5}}], tmp_path)
