@@ -310,7 +310,8 @@ def run(suite: "str | Path | SuiteConfig | None" = None, *, mirror: PathLike | S
         seeds: Sequence[int] | int | None = None, device: str | None = None, out: PathLike = "reports/runs",
         force: bool = False, resume: PathLike | None = None, cache_dir: PathLike | None = None,
         download: bool = True, report: bool = True, mlflow: str | None = None, executor: str | None = None,
-        jobs: int | None = None, ray_address: str | None = None, progress: bool | Callable[[str], None] = True, source: str = "bench.run()") -> Run:
+        jobs: int | None = None, ray_address: str | None = None, progress: bool | Callable[[str], None] = True,
+        source: str = "bench.run()") -> Run:
     """Run a suite (built-in name, .toml path or SuiteConfig) and return its :class:`Run`.
 
     ``models`` / ``datasets`` / ``seeds`` / ``device`` narrow or override the suite
@@ -402,5 +403,5 @@ def model_params(name: str) -> pd.DataFrame:
     return listing(name)
 
 
-__all__ = ["Run", "run", "load_run", "compare", "load_config", "narrow", "execution_overrides", "list_models", "list_datasets",
-           "list_metrics", "list_suites", "model_params"]
+__all__ = ["Run", "run", "load_run", "compare", "load_config", "narrow", "execution_overrides", "list_models",
+           "list_datasets", "list_metrics", "list_suites", "model_params"]
