@@ -247,7 +247,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from bench import registry
     from bench.data import load_dataset
     from bench.data.describe import render, write_svg
 
