@@ -245,12 +245,40 @@ def narrow(config: "SuiteConfig", *, datasets: Sequence[Any] | None = None, mode
     return config
 
 
+def execution_overrides(config: "SuiteConfig", *, executor: str | None = None, jobs: int | None = None,
+                        ray_address: str | None = None, where: str = "bench.run()") -> "SuiteConfig":
+    """``executor`` / ``jobs`` / ``ray_address`` (``--executor/--jobs/--ray-address``) replace the suite's
+    [execution] keys, also when resuming: where cells run does not change what they compute."""
+    cli = where == "command line"  # name the flag the user typed, or the keyword argument
+    ex = config.execution
+    if executor:
+        ex.executor = executor
+    if jobs is not None:
+        if isinstance(jobs, bool) or not isinstance(jobs, int):
+            raise ConfigError(f"{where}: {'--jobs' if cli else 'jobs='} must be an integer, got {jobs!r}")
+        ex.jobs = jobs
+    if ray_address:
+        if executor == "local":
+            flag, ray = ("--ray-address", "--executor ray") if cli else ("ray_address=", "executor='ray'")
+            raise ConfigError(f"{where}: {flag} names a Ray cluster; use it with {ray} (or drop it)")
+        ex.executor, ex.ray_address = "ray", ray_address
+    if ex.executor != "ray":
+        ex.ray_address = ""  # e.g. --executor local to resume a run that Ray started
+    ex.validate(where)
+    if ex.executor == "ray":
+        from bench.ray_executor import import_ray
+
+        import_ray()  # a missing extra is one message before any cell runs
+    return config
+
+
 def load_config(suite: "str | Path | SuiteConfig | None" = None, *, resume: PathLike | None = None,
                 datasets: Sequence[Any] | None = None, models: Sequence[str] | None = None,
                 seeds: Sequence[int] | None = None, device: str | None = None,
-                mlflow: str | None = None, where: str = "bench.run()") -> "SuiteConfig":
+                mlflow: str | None = None, executor: str | None = None, jobs: int | None = None,
+                ray_address: str | None = None, where: str = "bench.run()") -> "SuiteConfig":
     """The typed suite config: a built-in name, a .toml path or a SuiteConfig, narrowed; or the one stored
-    in ``resume`` (a run folder), which cannot be narrowed."""
+    in ``resume`` (a run folder), which cannot be narrowed (its execution settings can be replaced)."""
     from bench.config import SuiteConfig, config_from_dict, load_suite
     from bench.rundir import RunDir
     from bench.specs import check_tracking_uri, parse_tracking
@@ -274,15 +302,16 @@ def load_config(suite: "str | Path | SuiteConfig | None" = None, *, resume: Path
     if mlflow is not None:
         flag = "--mlflow" if where == "command line" else f"{where}: mlflow="
         config.tracking = parse_tracking({"mlflow": check_tracking_uri(mlflow, flag)}, where)
-    return config
+    return execution_overrides(config, executor=executor, jobs=jobs, ray_address=ray_address, where=where)
 
 
 def run(suite: "str | Path | SuiteConfig | None" = None, *, mirror: PathLike | Sequence[PathLike] = (),
         models: Sequence[str] | str | None = None, datasets: Sequence[Any] | Any | None = None,
         seeds: Sequence[int] | int | None = None, device: str | None = None, out: PathLike = "reports/runs",
         force: bool = False, resume: PathLike | None = None, cache_dir: PathLike | None = None,
-        download: bool = True, report: bool = True, mlflow: str | None = None,
-        progress: bool | Callable[[str], None] = True, source: str = "bench.run()") -> Run:
+        download: bool = True, report: bool = True, mlflow: str | None = None, executor: str | None = None,
+        jobs: int | None = None, ray_address: str | None = None, progress: bool | Callable[[str], None] = True,
+        source: str = "bench.run()") -> Run:
     """Run a suite (built-in name, .toml path or SuiteConfig) and return its :class:`Run`.
 
     ``models`` / ``datasets`` / ``seeds`` / ``device`` narrow or override the suite
@@ -290,7 +319,9 @@ def run(suite: "str | Path | SuiteConfig | None" = None, *, mirror: PathLike | S
     ``mirror``: folders with the publishers' files, checked before downloading.
     The run folder is ``out/<suite>-<run key>``: the same config on the same code
     resumes there (``force=True`` re-runs finished cells). ``mlflow``: a tracking URI
-    (needs the ``[mlflow]`` extra). ``source`` names the caller in error messages.
+    (needs the ``[mlflow]`` extra). ``executor`` ("local" or "ray", the ``[ray]`` extra), ``jobs`` (cells
+    at once) and ``ray_address`` replace the suite's [execution] keys, also with ``resume``
+    (docs/distributed.md). ``source`` names the caller in error messages.
     A bad argument raises :class:`bench.errors.ConfigError` before any cell runs;
     a failed cell does not raise (see ``Run.failed``).
     In a script, call it under ``if __name__ == "__main__":`` (cells run in worker processes).
@@ -303,7 +334,7 @@ def run(suite: "str | Path | SuiteConfig | None" = None, *, mirror: PathLike | S
     import bench.metrics  # noqa: F401  (registers metrics)
 
     config = load_config(suite, resume=resume, datasets=datasets, models=models, seeds=seeds, device=device,
-                         mlflow=mlflow, where=source)
+                         mlflow=mlflow, executor=executor, jobs=jobs, ray_address=ray_address, where=source)
     mirrors = tuple(Path(m) for m in ([mirror] if isinstance(mirror, (str, Path)) else mirror))
     options = {"mirrors": mirrors, "allow_download": download}
     if cache_dir is not None:
@@ -372,5 +403,5 @@ def model_params(name: str) -> pd.DataFrame:
     return listing(name)
 
 
-__all__ = ["Run", "run", "load_run", "compare", "load_config", "narrow", "list_models", "list_datasets",
-           "list_metrics", "list_suites", "model_params"]
+__all__ = ["Run", "run", "load_run", "compare", "load_config", "narrow", "execution_overrides", "list_models",
+           "list_datasets", "list_metrics", "list_suites", "model_params"]

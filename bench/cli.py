@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mlflow", nargs="?", const="default", metavar="URI",
                      help="log the run to MLflow: each cell a run nested under the suite's (needs the [mlflow] "
                           "extra); URI like file:./mlruns or http://host:5000, none = MLflow's own setting")
+    run.add_argument("--executor", choices=["local", "ray"], help="where cells run: this machine (default) or "
+                                                                  "one Ray task per cell (the [ray] extra)")
+    run.add_argument("--jobs", type=int, metavar="N", help="local: up to N cells at once, threads capped to "
+                                                           "cores/N; ray: at most N tasks in flight")
+    run.add_argument("--ray-address", metavar="auto|HOST:PORT", help="join this Ray cluster (with --executor ray; "
+                                                                     "default: ray.init()'s own choice, a new "
+                                                                     "local Ray when none runs)")
     add_data_options(run)
 
     report = sub.add_parser("report", help="write a self-contained HTML report (and a Markdown leaderboard) "
@@ -162,7 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = api.run(args.suite, resume=args.resume, datasets=args.dataset, models=args.model, seeds=args.seed,
                   device=args.device, out=args.out, force=args.force, mirror=options.mirrors,
                   cache_dir=options.cache_dir, download=options.allow_download, report=not args.no_report,
-                  mlflow=args.mlflow, source="command line")
+                  mlflow=args.mlflow, executor=args.executor, jobs=args.jobs,
+                  ray_address=args.ray_address, source="command line")
     print(summary_table(run.results))
     print(f"\nresults: {RunDir(run.run_dir).results_csv} ({run.cells} cells, {run.failed} failed, "
           f"{run.reused} reused)")

@@ -38,18 +38,21 @@ from bench.protocol import Capabilities
 from bench.registry import suggest
 from bench.schema import check_keys as _check_keys
 from bench.specs import (DEFAULT_SELECT_BY, DatasetSpec, EvaluationSpec, ExecutionSpec, ModelSpec,  # noqa: F401
-                         SplitSpec, SuiteConfig, parse_realtime, parse_systems, parse_tracking)
+                         SplitSpec, SuiteConfig, check_resources, parse_realtime, parse_systems,
+                         parse_tracking)
 
 
 # -- schema ------------------------------------------------------------------
 
 _TOP = {"name": str, "description": str, "seeds": list, "device": str, "datasets": list, "splits": list,
         "models": list, "evaluation": dict, "execution": dict, "tracking": dict}
-_EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int, float)}
+_EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int, float), "executor": str,
+              "jobs": int, "ray_address": str, "max_retries": int, "exclusive_timing": bool,
+              "occupancy_dir": str}
 _DATASET = {"name": str, "params": dict, "implicit": dict, "source": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list, "train": str, "test": str, "valid": str}
 _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str,
-          "splits": list, "max_test_users": int}
+          "splits": list, "max_test_users": int, "resources": dict}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
          "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str}
 _DEVICES = ("cpu", "cuda", "auto")
@@ -143,7 +146,8 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
                                       f"[[splits]] ({', '.join(kinds)})")
         base = ModelSpec(table["name"], dict(table.get("params", {})), table.get("label", ""),
                          grid_of=table.get("grid_of", ""), select_by=table.get("select_by", ""),
-                         splits=only_splits, max_test_users=table.get("max_test_users"))
+                         splits=only_splits, max_test_users=table.get("max_test_users"),
+                         resources=check_resources(table.get("resources", {}), f"models[{i}].resources", source))
         if base.max_test_users is not None and base.max_test_users < 0:
             raise ConfigError(f"{source}: models[{i}].max_test_users must be >= 0 (0 = every test user), "
                               f"got {base.max_test_users}")
@@ -332,7 +336,8 @@ def expand_grid(spec: ModelSpec, table: dict[str, Any], where: str, source: str)
         point = dict(zip(keys, values))
         label = f"{spec.label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
         points.append(ModelSpec(spec.name, spec.params | point, label, grid_of=spec.label, select_by=select_by,
-                                splits=spec.splits, max_test_users=spec.max_test_users))
+                                splits=spec.splits, max_test_users=spec.max_test_users,
+                                resources=dict(spec.resources)))
     return points
 
 

@@ -249,6 +249,21 @@ class RunDir:
         """cell.json, written last by a cell: its presence marks the cell finished (ok or failed)."""
         atomic_write_json(self.cell_dir(cell_id) / CELL, info)
 
+    def write_cell_result(self, cell_id: str, info: dict[str, Any], files: dict[str, bytes]) -> None:
+        """A cell that ran in another process or on another node (bench.execution): the files it made,
+        given relative to the run folder, then cell.json last. Drawn negatives under splits/ are
+        deterministic in the split: a copy already there is kept."""
+        self.discard_cell(cell_id)  # until the new cell.json lands, the cell is unfinished
+        for rel, data in sorted(files.items()):
+            parts = Path(rel).parts
+            if Path(rel).is_absolute() or ".." in parts:
+                raise ValueError(f"cell {cell_id} returned a file outside the run folder: {rel}")
+            target = self.path / rel
+            if parts[0] == self.splits_dir.name and target.exists():
+                continue
+            atomic_write_bytes(target, data)
+        self.write_cell(cell_id, info)
+
     def cell_done(self, cell_id: str) -> bool:
         return (self.cell_dir(cell_id) / CELL).is_file()
 

@@ -29,8 +29,8 @@ from bench import protocols as eval_protocols
 from bench import grid, provenance, realtime, registry, systems
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.data.dataset import side_info, train_data  # noqa: F401  (re-exported: runner.train_data)
-from bench.execution import execute_cell, preload_for
 from bench.errors import BenchError
+from bench.execution import CellResult, CellTask, LocalExecutor, alone_on_node, preload_for, write_cell
 from bench.protocol import Recommender, TrainData
 from bench.results import write_tables
 from bench.rundir import RunDir
@@ -58,8 +58,9 @@ class RunSummary:
 
 def cell_id(dataset: DatasetSpec, split: SplitSpec, model: ModelSpec, seed: int, config: SuiteConfig) -> str:
     """Stable identity of a cell: same config, same id (used by resume and skip)."""
+    model_key = {k: v for k, v in asdict(model).items() if k != "resources"}  # where it runs is not what it is
     key = {"dataset": asdict(dataset), "split": {"kind": split.kind, "params": split.params},
-           "model": asdict(model), "seed": seed, "evaluation": asdict(config.evaluation), "device": config.device}
+           "model": model_key, "seed": seed, "evaluation": asdict(config.evaluation), "device": config.device}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -205,8 +206,6 @@ class CellRunner:
         rows = [r for r in (kept_rows or []) if r["status"] in ("ok", "first_stage")] + [
             base | {"segment": "-", "metric": "error", "k": 0, "value": float("nan"), "ci_low": float("nan"),
                     "ci_high": float("nan"), "n": 0, "status": "failed"}]
-        info["rows"] = rows
-        self.rundir.write_cell(cid, info)
         return rows, info
 
     def run(self, mspec: ModelSpec, cid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -254,8 +253,6 @@ class CellRunner:
         except Exception as exc:  # one broken model must not end the suite
             return self.record_failure(mspec, cid, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
                                        info, rows)
-        info["rows"] = rows
-        self.rundir.write_cell(cid, info)  # written last: its presence marks the cell done
         return rows, info
 
     @staticmethod
@@ -337,8 +334,9 @@ class CellRunner:
         if not spec.enabled:
             return []
         requests = systems.Requests(data.users, k, data.history, data.exclude, data.candidates)
-        figures, details = systems.measure_serving(model.recommend, requests, spec, device=model.device,
-                                                   seed=self.seed)
+        with alone_on_node():  # exclusive_timing: no other cell on this node while it is measured
+            figures, details = systems.measure_serving(model.recommend, requests, spec, device=model.device,
+                                                       seed=self.seed)
         segment_info["systems"] = details | {name: value for name, (value, _n) in figures.items()}
         return [self.system_row(base, data.segment.name, name, value)
                 | {"n": n, "status": systems.figure_status(name, n)}  # too_few_requests: a percentile from too few
@@ -405,7 +403,9 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     """Run every cell of ``config``; finished cells in the run folder are kept unless ``force``.
 
     Without ``run_dir`` the folder is ``out_root/<suite>-<run key>``: the same
-    config on the same code lands in the same folder and resumes there.
+    config on the same code lands in the same folder and resumes there. Cells go
+    to the executor ``config.execution`` names (bench.execution); their results
+    come back here, and this process alone writes the run folder.
     """
     data = data or DataOptions()
     say = progress or (lambda _msg: None)
@@ -420,7 +420,8 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
 
     cells = plan_cells(config)
     preload_for([registry.models.get(m.name) for m in config.models])
-    all_rows: list[dict[str, Any]] = []
+    order = [cell_id(d, s, m, seed, config) for d, seed, s, m in cells]
+    rows_by_cell: dict[str, list[dict[str, Any]]] = {}  # written in plan order, whatever order cells finish in
     failures: list[str] = []
     skipped = 0
     started = time.perf_counter()
@@ -455,42 +456,75 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
             split_cache[skey] = (split, train_data(dataset, split.train))
         return (dataset, *split_cache[skey])
 
-    pending = [(d, seed, s) for d, seed, s, m in cells
-               if force or not folder.cell_done(cell_id(d, s, m, seed, config))]
+    pending = [(d, seed, s) for (d, seed, s, _m), cid in zip(cells, order) if force or not folder.cell_done(cid)]
     for dspec, seed, sspec in pending:  # every data or split problem surfaces before the first cell runs
         prepare(dspec, seed, sspec)
+
+    spec = config.execution
+    executor = None
+
+    def table_rows() -> list[dict[str, Any]]:
+        return [row for cid in order for row in rows_by_cell.get(cid, [])]
+
+    def finish(task: CellTask, result: CellResult) -> None:
+        """A cell came back: retry a dead process (max_retries), else write its folder and the tables."""
+        attempt = {"error": result.info.get("error"), "execution": result.info.get("execution", {})}
+        if result.crashed and len(task.attempts) < spec.max_retries:
+            task.attempts.append(attempt)
+            say(f"{task.label}: {result.info.get('error')}; retry {len(task.attempts)} of {spec.max_retries}")
+            executor.submit(task)
+            return
+        result.info.setdefault("execution", {})["attempts"] = len(task.attempts) + 1
+        result.info["execution"]["earlier_attempts"] = task.attempts
+        write_cell(run_dir, task.cid, result)
+        rows_by_cell[task.cid] = result.rows
+        if result.status == "failed":
+            failures.append(f"{task.label}: {result.info['error']}")
+        write_tables(run_dir, table_rows(), prov)
+        shared = result.info["execution"].get("shared_node_with")
+        note = f", {shared} other cell(s) on its node" if shared else ""
+        say(f"{task.label}: {result.status} in {time.perf_counter() - task.submitted:.1f}s{note} "
+            f"(elapsed {time.perf_counter() - started:.0f}s)")
+
     try:
+        if spec.executor == "ray":  # Ray is imported only when asked for (the [ray] extra)
+            from bench.ray_executor import RayExecutor
+
+            executor = RayExecutor(spec, config.device)
+        else:
+            executor = LocalExecutor(spec)
         for index, (dspec, seed, sspec, mspec) in enumerate(cells, 1):
-            cid = cell_id(dspec, sspec, mspec, seed, config)
+            cid = order[index - 1]
             label = f"[{index}/{len(cells)}] {dspec.name} {sspec.kind} seed={seed} {mspec.label}"
             info = None if force else folder.read_cell(cid)
             if info is not None:
-                all_rows.extend(info["rows"])
+                rows_by_cell[cid] = info["rows"]
                 skipped += 1
                 if info.get("status") == "failed":
                     failures.append(f"{label}: {info.get('error')}")
                 say(f"{label}: already done ({info.get('status')}), reused (--force re-runs it)")
                 continue
             dataset, split, train = prepare(dspec, seed, sspec)
-            cell_start = time.perf_counter()
             runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
-            rows, info = execute_cell(runner, mspec, cid, config.execution)
-            all_rows.extend(rows)
-            status = info["status"]
-            if status == "failed":
-                failures.append(f"{label}: {info['error']}")
-            write_tables(run_dir, all_rows, prov)
-            say(f"{label}: {status} in {time.perf_counter() - cell_start:.1f}s "
-                f"(elapsed {time.perf_counter() - started:.0f}s)")
+            while executor.capacity and executor.outstanding >= executor.capacity:
+                finish(*executor.next_done())
+            executor.submit(CellTask(runner, mspec, cid, label))
+        while executor.outstanding:
+            finish(*executor.next_done())
     except KeyboardInterrupt:
-        # Every cell whose cell.json exists is finished, including one whose child
-        # completed as the signal arrived: rebuild the table from those files.
-        finished = [folder.read_cell(cell_id(d, s, m, seed, config)) for d, seed, s, m in cells]
+        if executor is not None:
+            executor.cancel()  # outstanding cells are stopped; finished ones are in their folders
+        # Every cell whose cell.json exists is finished: rebuild the table from those files.
+        finished = [folder.read_cell(cid) for cid in order]
         rows = [row for info in finished if info is not None for row in info["rows"]]
         write_tables(run_dir, rows, prov)
         say(f"interrupted: finished cells are saved in {run_dir}; "
             f"continue with: bench run --resume {run_dir}")
         raise
+    finally:
+        if executor is not None:
+            executor.close()
+    all_rows = table_rows()
     all_rows.extend(grid.selection_rows(all_rows, config.models))  # grids: pick each winner on validation
     prov["calibration"] = systems.calibration_record(calibration + systems.calibrate())  # start and end
     folder.write_provenance(prov)

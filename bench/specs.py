@@ -23,6 +23,8 @@ DEFAULT_SELECT_BY = "ndcg@10"  # the validation metric a grid selects by unless 
 # -- [execution] ---------------------------------------------------------------------------
 
 ISOLATION_MODES = ("process", "none")
+EXECUTORS = ("local", "ray")
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory_gb")
 
 
 @dataclass
@@ -33,18 +35,49 @@ class ExecutionSpec:
     loaded across cells), so runs in different modes get different folders and never mix.
     """
 
-    isolation: str = "process"  # "process": forked child per cell; "none": in this process (debugging)
+    isolation: str = "process"  # "process": a child per cell; "none": in this process (debugging)
     timeout: float = 0.0  # seconds per cell; 0 = no limit (needs isolation = "process")
     memory_limit_gb: float = 0.0  # address space a cell may add to what it inherits; 0 = none (needs "process")
+    executor: str = "local"  # "local" (this machine) or "ray" (one Ray task per cell)
+    jobs: int = 0  # local: cells at once (0 = 1); ray: most tasks in flight (0 = as many as the cluster takes)
+    ray_address: str = ""  # "" = ray.init()'s default (RAY_ADDRESS, a `ray start` cluster, else a new local Ray);
+    # "auto" = the running cluster; or "HOST:PORT"
+    max_retries: int = 0  # re-runs of a cell whose process or worker died (never of an exception or timeout)
+    exclusive_timing: bool = False  # run each cell's systems scenarios alone on its node
+    occupancy_dir: str = ""  # node-local folder of running-cell markers; "" = <tmp>/bench-node-<uid>
 
     def validate(self, source: str) -> None:
         if self.isolation not in ISOLATION_MODES:
             raise ConfigError(f"{source}: execution.isolation = '{self.isolation}' is not valid; "
                               f"use one of {', '.join(ISOLATION_MODES)}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"{source}: execution.executor = '{self.executor}' is not valid; "
+                              f"use one of {', '.join(EXECUTORS)}")
         if self.timeout < 0 or self.memory_limit_gb < 0:
             raise ConfigError(f"{source}: execution.timeout and memory_limit_gb must be >= 0")
-        if self.isolation == "none" and (self.timeout or self.memory_limit_gb):
-            raise ConfigError(f"{source}: execution.timeout / memory_limit_gb need isolation = \"process\"")
+        if self.jobs < 0 or self.max_retries < 0:
+            raise ConfigError(f"{source}: execution.jobs and max_retries must be >= 0")
+        if self.isolation == "none" and (self.timeout or self.memory_limit_gb or self.jobs > 1):
+            raise ConfigError(f"{source}: execution.timeout / memory_limit_gb / jobs > 1 need isolation = \"process\"")
+        if self.ray_address and self.executor != "ray":
+            raise ConfigError(f"{source}: execution.ray_address = '{self.ray_address}' needs executor = \"ray\" "
+                              f"(bench run --executor ray)")
+
+
+def check_resources(table: Any, where: str, source: str) -> dict[str, float]:
+    """``[[models]] resources = { num_cpus = 2, num_gpus = 1, memory_gb = 8 }``: what one cell asks Ray for."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: {where} must be a table like {{ num_cpus = 2, num_gpus = 1 }}")
+    out: dict[str, float] = {}
+    for key, value in table.items():
+        if key not in RESOURCE_KEYS:
+            raise ConfigError(f"{source}: {where} has unknown key '{key}'; valid: {', '.join(RESOURCE_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                or (key == "num_cpus" and value == 0):
+            raise ConfigError(f"{source}: {where}.{key} must be a number {'> 0' if key == 'num_cpus' else '>= 0'}, "
+                              f"got {value!r}")
+        out[key] = value
+    return out
 
 
 # -- [tracking] ----------------------------------------------------------------------------
@@ -252,6 +285,9 @@ class ModelSpec:
     # suite's evaluation.max_test_users, which it can only shrink). Samples are prefixes of one seeded
     # permutation: every model sampled at this size sees the same users, a subset of any larger sample.
     max_test_users: int | None = None
+    # what one cell of this model asks a Ray cluster for (num_cpus, num_gpus, memory_gb); how cells run,
+    # not what they compute, so it is left out of the cell's identity (bench.runner.cell_id)
+    resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name

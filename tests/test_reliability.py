@@ -16,7 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).parent / "plugins"))
-import faulty_models  # noqa: E402,F401  (registers slow-pop, raising, hanging, garbage, hog)
+import faulty_models  # noqa: E402,F401  (registers slow-pop, raising, hanging, garbage, hog, self-kill, thread-probe)
 
 from bench.config import parse_suite  # noqa: E402
 from bench.errors import ModelOutputError  # noqa: E402

@@ -629,8 +629,31 @@ def _summary(means: pd.Series, wanted: list[tuple[str, str, bool]]) -> str:
     return "; ".join(parts)
 
 
+CONCURRENT_MARK = " ‡"
+CONCURRENT_NOTE = ("‡ measured while other cells ran on the same node (executor jobs > 1 or Ray): these timings "
+                   "may be disturbed; exclusive_timing = true measures serving alone (bench.execution)")
+
+
+def concurrent_cells(run: RunData) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
+    """(dataset, split, model) whose fit, and whose serving figures, ran beside other cells on their node."""
+    fit_ids, serve_ids = set(), set()
+    for cid, info in run.cells.items():
+        execution = info.get("execution") or {}
+        if execution.get("shared_node_with"):
+            fit_ids.add(cid)
+            if not execution.get("systems_alone"):
+                serve_ids.add(cid)
+    frame = run.frame
+    keys = lambda ids: set(map(tuple, frame.loc[frame["cell_id"].isin(ids),  # noqa: E731
+                                                ["dataset", "split", "model"]].drop_duplicates().to_numpy()))
+    return keys(fit_ids), keys(serve_ids)
+
+
 def systems_tables(run: RunData) -> list[FigureTable]:
-    """Fit cost per dataset x split (one row per model) and serving cost per segment."""
+    """Fit cost per dataset x split (one row per model) and serving cost per segment; figures measured
+    beside other cells on the node are marked."""
+    shared_fit, shared_serve = concurrent_cells(run)
+    mark = lambda shared, d, s, m: m + (CONCURRENT_MARK if (d, s, m) in shared else "")  # noqa: E731
     frame = run.frame
     figures = frame[(frame["k"] == 0) & frame["status"].isin(["ok", TOO_FEW]) & ~frame["metric"].isin(NOT_FIGURES)
                     & ~is_realtime(frame["segment"])]
@@ -643,10 +666,12 @@ def systems_tables(run: RunData) -> list[FigureTable]:
         if not fit.empty:
             names = sorted(fit["metric"].unique(), key=_figure_order)
             means = fit.groupby(["model", "metric"])["value"].mean()
-            rows = [[m] + [_fmt_figure(n, means.get((m, n), float("nan"))) for n in names]
+            rows = [[mark(shared_fit, dataset, split, m)] + [_fmt_figure(n, means.get((m, n), float("nan")))
+                                                              for n in names]
                     for m in order if m in set(fit["model"])]
+            note = CONCURRENT_NOTE if any(r[0].endswith(CONCURRENT_MARK) for r in rows) else ""
             tables.append(FigureTable(f"{dataset} · {split} split · fitting", ["model"] +
-                                      [_figure_label(n) for n in names], rows,
+                                      [_figure_label(n) for n in names], rows, note,
                                       summary=_summary(means, [("fastest fit", "fit_seconds", True),
                                                                ("slowest fit", "fit_seconds", False),
                                                                ("largest model", "model_bytes", False)])))
@@ -655,9 +680,11 @@ def systems_tables(run: RunData) -> list[FigureTable]:
             names = sorted(serve["metric"].unique(), key=_figure_order)
             means = serve.groupby(["model", "segment", "metric"])["value"].mean()
             segments = sorted(serve["segment"].unique(), key=segment_sort_key)
-            rows = [[m, s] + [_fmt_figure(n, means.get((m, s, n), float("nan"))) if (m, s, n) not in too_few.index
-                              else f"too few requests (n = {int(too_few[(m, s, n)])})" for n in names]
+            rows = [[mark(shared_serve, dataset, split, m), s]
+                    + [_fmt_figure(n, means.get((m, s, n), float("nan"))) if (m, s, n) not in too_few.index
+                       else f"too few requests (n = {int(too_few[(m, s, n)])})" for n in names]
                     for m in order for s in segments if (m, s) in set(zip(serve["model"], serve["segment"]))]
+            note = CONCURRENT_NOTE if any(r[0].endswith(CONCURRENT_MARK) for r in rows) else ""
             summary = _summary(means, [("lowest p99", "latency_p99_ms", True),
                                        ("highest p99", "latency_p99_ms", False)])
             peaks = [(found[1], n, found[0]) for n in names if n.startswith(THROUGHPUT_PREFIX)
@@ -667,7 +694,7 @@ def systems_tables(run: RunData) -> list[FigureTable]:
                 summary += (("; " if summary else "") + f"highest throughput: {where}, batch "
                             f"{name[len(THROUGHPUT_PREFIX):]} ({_fmt_figure(name, value)})")
             tables.append(FigureTable(f"{dataset} · {split} split · serving", ["model", "segment"] +
-                                      [_figure_label(n) for n in names], rows, summary=summary))
+                                      [_figure_label(n) for n in names], rows, note, summary=summary))
     return tables
 
 

@@ -5,6 +5,8 @@ Imported by the tests (in-process) and by the subprocess entry ``run_bench.py``.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -85,3 +87,43 @@ class Hog(Pop):
 
 if Hog.name not in registry.models:
     registry.models.register(Hog.name, Hog)
+
+
+class SelfKill(Pop):
+    """SIGKILLs its own process in fit, as the OOM killer or `kill -9` would.
+
+    With ``marker`` set it dies only while that file does not exist yet (creating
+    it first), so a retried cell succeeds: one death, then a clean second attempt.
+    """
+
+    name = "self-kill"
+    default_params = {"marker": ""}
+
+    def fit(self, train):
+        marker = self.params["marker"]
+        if not marker or not os.path.exists(marker):
+            if marker:
+                open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().fit(train)
+
+
+class ThreadProbe(Pop):
+    """Pop that reports the thread caps its process runs under (BLAS/OpenMP pools, OMP_NUM_THREADS)."""
+
+    name = "thread-probe"
+
+    def fit(self, train):
+        from threadpoolctl import threadpool_info
+
+        self.pools = sorted({(p["internal_api"], p["num_threads"]) for p in threadpool_info()})
+        super().fit(train)
+
+    def describe(self):
+        return super().describe() | {"omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                     "pools": getattr(self, "pools", [])}
+
+
+for _cls in (SelfKill, ThreadProbe):
+    if _cls.name not in registry.models:
+        registry.models.register(_cls.name, _cls)
