@@ -252,9 +252,9 @@ def test_timing_gate_fails_a_3x_slower_als_fit_but_passes_a_rerun(tmp_path):
     assert gate("--current", base_run, "--update-baseline", "--baseline", baseline, "--rules", rules) == 0
     assert load_baseline(baseline).provenance["calibration"]["seconds"] > 0.01
     # A re-run of the same code passes. A burst of load from another process can still push one fit past
-    # +100% on a shared 2-core machine, so a disturbed re-run gets one more try, as a person would give it;
-    # the 3x run below gets none.
-    for attempt in range(2):
+    # +100% on a shared 2-core machine, so a disturbed re-run gets up to two more tries, as a person would
+    # give it; the 3x run below gets none.
+    for attempt in range(3):
         rerun = run(tmp_path, f"rerun{attempt}", text(1))
         if gate("--current", rerun, "--baseline", baseline, "--rules", rules) == 0:
             break
