@@ -238,13 +238,14 @@ def test_timing_gate_fails_a_3x_slower_als_fit_but_passes_a_rerun(tmp_path):
 
     A re-run of the same code passes; ALS fitting three times (the same model, three times the work, timed
     for real) fails on fit_seconds. Before, the reference was `pop`, whose 0.1 ms fit is under the floor,
-    so every timing check was skipped and no slowdown could fail. ALS is sized (64 factors, 30 iterations)
-    so that one fit (~0.4 s on the loaded 2-core machine) stands above the 0.25 s floor; ALS runs on one
-    thread and each cell in its own process, as by default.
+    so every timing check was skipped and no slowdown could fail. ALS is sized (128 factors, 60 iterations)
+    so that one fit stands above the 0.25 s floor; ALS runs on one
+    thread and each cell in its own process, as by default. (64 factors x 30 iterations fell under the floor
+    on an idle machine, so the 3x run compared equal: 128 x 60 keeps one fit above it there too.)
     """
     rules = tmp_path / "tight.toml"
     rules.write_text(TIGHT_TIMING_RULES)
-    size = "factors = 64, iterations = 30, num_threads = 1"
+    size = "factors = 128, iterations = 60, num_threads = 1"
     text = lambda repeats: suite_text(name="als3x", isolation="process",  # noqa: E731
                                       models=als_models(fit_repeats=repeats, size=size))
     base_run = run(tmp_path, "base", text(1))
