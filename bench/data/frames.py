@@ -241,16 +241,22 @@ def _text_of(table: pa.Table, names: list[str], where: str) -> np.ndarray:
     return np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object)
 
 
+def _unique_ids(table: pa.Table, column: str, key: str, table_words: str, where: str) -> np.ndarray:
+    """The id column of a side table (items or users), which must name each entity once."""
+    ids = _ids(_column(table, column, key, where), column, where)
+    dup = pd.Series(ids).duplicated().to_numpy()
+    if dup.any():
+        raise DataError(f"{where}: {key} id {ids[_first(dup)]!r} appears twice (row {_first(dup)}); {table_words} "
+                        f"needs one row per {key}: deduplicate it")
+    return ids
+
+
 def item_frame(table: pa.Table, item_columns: dict[str, Any], where: str) -> tuple[pd.DataFrame, str | None]:
     """Items indexed by raw id: ``text``, ``categories``, ``tokens`` and the numeric ``value`` (price)."""
     from bench.data.parsers import title_tokens
 
     cols = _mapping(item_columns, ITEM_KEYS, ("item",), f"{where}: item_columns")
-    ids = _ids(_column(table, cols["item"], "item", where), cols["item"], where)
-    dup = pd.Series(ids).duplicated().to_numpy()
-    if dup.any():
-        raise DataError(f"{where}: item id {ids[_first(dup)]!r} appears twice (row {_first(dup)}); an items table "
-                        f"needs one row per item: deduplicate it")
+    ids = _unique_ids(table, cols["item"], "item", "an items table", where)
     text_names = cols.get("text", [])
     text_names = [text_names] if isinstance(text_names, str) else list(text_names)
     texts = _text_of(table, text_names, where) if text_names else np.array([None] * len(ids), dtype=object)
@@ -272,11 +278,7 @@ def item_frame(table: pa.Table, item_columns: dict[str, Any], where: str) -> tup
 def user_frame(table: pa.Table, user_columns: dict[str, Any], where: str) -> pd.DataFrame:
     """Users indexed by raw id with a ``features`` column (``"column:value"`` tokens)."""
     cols = _mapping(user_columns, USER_KEYS, ("user",), f"{where}: user_columns")
-    ids = _ids(_column(table, cols["user"], "user", where), cols["user"], where)
-    dup = pd.Series(ids).duplicated().to_numpy()
-    if dup.any():
-        raise DataError(f"{where}: user id {ids[_first(dup)]!r} appears twice (row {_first(dup)}); a users table "
-                        f"needs one row per user: deduplicate it")
+    ids = _unique_ids(table, cols["user"], "user", "a users table", where)
     names = cols.get("features", [])
     names = [names] if isinstance(names, str) else list(names)
     tokens = [np.char.add(f"{n}:", pc.fill_null(_column(table, n, "features", where).cast(pa.string()), "")
