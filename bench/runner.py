@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from bench import metrics as metric_lib
 from bench import protocols as eval_protocols
 from bench import grid, provenance, realtime, registry, systems
+from bench import progress as cell_progress  # lines from inside a cell; `progress` is run_suite's callback
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.data.dataset import side_info, train_data  # noqa: F401  (re-exported: runner.train_data)
 from bench.errors import BenchError
@@ -179,6 +180,9 @@ class CellRunner:
         self.metric_names = config.evaluation.metrics or list(metric_lib.DEFAULT_METRICS) + (
             list(metric_lib.VALUE_METRICS) if dataset.item_value is not None else [])
         self.ks = sorted(config.evaluation.k)
+        # progress lines from inside the cell (bench.progress): set by run_suite when the caller shows progress
+        self.progress_label: str = ""
+        self.progress_interval: float = 0.0
 
     def base_row(self, mspec: ModelSpec, params: dict[str, Any], cid: str) -> dict[str, Any]:
         return {
@@ -209,6 +213,10 @@ class CellRunner:
         return rows, info
 
     def run(self, mspec: ModelSpec, cid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        with cell_progress.cell(self.progress_label or mspec.label, self.progress_interval):
+            return self._run(mspec, cid)
+
+    def _run(self, mspec: ModelSpec, cid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         info = self.new_info(mspec, cid)
         rows: list[dict[str, Any]] = []
         base = self.base_row(mspec, mspec.params, cid)
@@ -226,6 +234,7 @@ class CellRunner:
             calibration = systems.Calibration()  # bracket the fit: the timing gates' reference for this cell
             bracket = [calibration.run()]
             caches_before = systems.cache_counters()
+            cell_progress.phase("fit")
             fit_cost = systems.measure_fit(lambda: model.fit(self.train), model.size_bytes, model.device)
             caches = systems.caches_used(caches_before, systems.cache_counters())
             bracket.append(calibration.run())
@@ -246,8 +255,10 @@ class CellRunner:
             for segment in self.split.segments(self.dataset):
                 rows.extend(self.run_segment(model, mspec, segment, base, cid, info))
             info["model_description"] = model.describe()  # again: fitted models add what they learned
+            cell_progress.phase("real-time replay")
             rows.extend(self.run_realtime(model, mspec, base, cid, info))
             # grid points only: a second fit on train minus a validation carve, scored on the carve
+            cell_progress.phase("validation fit")
             rows.extend(grid.validation_rows(self.dataset, self.split, self.seed, self.config.device, mspec, base))
             info["status"] = "ok"
         except Exception as exc:  # one broken model must not end the suite
@@ -274,6 +285,7 @@ class CellRunner:
                             protocol=eval_protocols.from_evaluation(ev), k=self.ks[-1],
                             negatives_dir=self.rundir.splits_dir)
         k_max = self.ks[-1]
+        cell_progress.phase(f"recommend {segment.name} ({len(data.users)} users)")
         batch = ev.batch_size or len(data.users)
         items_parts, score_parts = [], []
         # Each timing measures one thing: a first 1-user call pays one-off costs (lazy loads, allocation,
@@ -331,9 +343,10 @@ class CellRunner:
                         segment_info: dict[str, Any]) -> list[dict[str, Any]]:
         """Latency / throughput / server figures of one segment (bench.systems), as k=0 rows."""
         spec = self.config.evaluation.systems
-        if not spec.enabled:
+        if not spec.enabled or (spec.segments and data.segment.name not in spec.segments):
             return []
         requests = systems.Requests(data.users, k, data.history, data.exclude, data.candidates)
+        cell_progress.phase(f"systems scenarios {data.segment.name}")
         with alone_on_node():  # exclusive_timing: no other cell on this node while it is measured
             figures, details = systems.measure_serving(model.recommend, requests, spec, device=model.device,
                                                        seed=self.seed)
@@ -399,7 +412,8 @@ def run_key(config: SuiteConfig) -> str:
 
 
 def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), data: DataOptions | None = None,
-              run_dir: Path | None = None, force: bool = False, progress: Progress | None = stderr_progress) -> RunSummary:
+              run_dir: Path | None = None, force: bool = False, progress: Progress | None = stderr_progress,
+              progress_interval: float = cell_progress.DEFAULT_INTERVAL) -> RunSummary:
     """Run every cell of ``config``; finished cells in the run folder are kept unless ``force``.
 
     Without ``run_dir`` the folder is ``out_root/<suite>-<run key>``: the same
@@ -506,6 +520,8 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
                 continue
             dataset, split, train = prepare(dspec, seed, sspec)
             runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
+            if progress is not None:  # lines from inside long cells too (bench.progress)
+                runner.progress_label, runner.progress_interval = label, progress_interval
             while executor.capacity and executor.outstanding >= executor.capacity:
                 finish(*executor.next_done())
             executor.submit(CellTask(runner, mspec, cid, label))
