@@ -163,6 +163,7 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
     evaluation = EvaluationSpec(**{k: copy.deepcopy(v) for k, v in ev_raw.items()})
     evaluation.systems = parse_systems(evaluation.systems, source)
     evaluation.realtime = parse_realtime(evaluation.realtime, source)
+    _check_systems_segments(evaluation.systems.segments, splits, source)
     if not evaluation.k or not all(isinstance(k, int) and k >= 1 for k in evaluation.k):
         raise ConfigError(f"{source}: evaluation.k must be a non-empty list of integers >= 1, got {evaluation.k!r}")
     _check_metrics_and_protocol(evaluation, source)
@@ -177,6 +178,17 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
     return SuiteConfig(name=raw["name"], description=raw.get("description", ""), seeds=list(seeds), device=device,
                        datasets=datasets, splits=splits, models=models, evaluation=evaluation, execution=execution,
                        tracking=parse_tracking(raw.get("tracking"), source), source=source)
+
+
+def _check_systems_segments(wanted: list[str], splits: list[SplitSpec], source: str) -> None:
+    """Each segment named in ``evaluation.systems.segments`` must be one some split of the suite produces."""
+    from bench.splits import segment_names
+
+    produced = {name for s in splits for name in segment_names(s.kind, s.params)}
+    missing = [name for name in wanted if name not in produced]
+    if missing:
+        raise ConfigError(f"{source}: evaluation.systems.segments names {missing}, which no split of this suite "
+                          f"produces; its splits' segments are {sorted(produced)}")
 
 
 def _parse_dataset(table: Any, i: int, source: str, base_dir: Path) -> DatasetSpec:

@@ -136,6 +136,9 @@ class SystemsSpec:
     server_requests: int = 300
     server_p99_ms: float = 0.0  # > 0: search the highest rate meeting this p99
     max_seconds: float = 5.0  # budget per scenario (per batch size, per server rate)
+    # segments whose serving is measured ("all", "shots=10", "cold-items"); empty = every segment. A k-shot
+    # curve has five segments of one model: measuring one of them keeps a quick suite quick
+    segments: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,7 +146,8 @@ class SystemsSpec:
 
 _SYSTEMS_KEYS: dict[str, type | tuple[type, ...]] = {
     "enabled": bool, "warmup": int, "latency_requests": int, "batch_sizes": list, "server_rate": (int, float),
-    "server_requests": int, "server_p99_ms": (int, float), "max_seconds": (int, float)}
+    "server_requests": int, "server_p99_ms": (int, float), "max_seconds": (int, float), "segments": list}
+SEGMENT_NAME = re.compile(r"^(all|cold-items|shots=\d+)$")  # bench.splits names its segments so
 
 
 # Fewest timed requests a percentile is reported from (bench.systems): the q-th percentile needs at least one
@@ -172,6 +176,11 @@ def parse_systems(raw: dict[str, Any] | SystemsSpec, source: str) -> SystemsSpec
     if spec.server_rate < 0 or spec.server_p99_ms < 0 or spec.max_seconds <= 0:
         raise ConfigError(f"{source}: evaluation.systems server_rate and server_p99_ms must be >= 0 "
                           f"and max_seconds > 0")
+    bad = [name for name in spec.segments if not isinstance(name, str) or not SEGMENT_NAME.match(name)]
+    if bad:
+        raise ConfigError(f"{source}: evaluation.systems.segments: {bad!r} name no segment; segments are "
+                          f"'all' (random/temporal/leave-last-out splits), 'shots=N' (user_coldstart) and "
+                          f"'cold-items' (item_coldstart)")
     if spec.server_p99_ms > 0 and spec.server_requests < MIN_REQUESTS["p99"]:
         raise ConfigError(f"{source}: evaluation.systems.server_p99_ms needs server_requests >= "
                           f"{MIN_REQUESTS['p99']} for a meaningful p99 (see bench.specs.MIN_REQUESTS)")

@@ -101,6 +101,16 @@ SplitFn = Callable[..., Split]
 SPLITS: dict[str, tuple[SplitFn, dict[str, Any]]] = {}
 
 
+def segment_names(kind: str, params: dict[str, Any]) -> list[str]:
+    """The names :meth:`Split.segments` gives a split of this kind, known before any data is read."""
+    if kind == "user_coldstart":
+        shots = params.get("shots", SPLITS[kind][1]["shots"]) if kind in SPLITS else params.get("shots", ())
+        return [f"shots={int(n)}" for n in sorted(shots)]
+    if kind == "item_coldstart":
+        return ["cold-items"]
+    return ["all"]
+
+
 def split_kind(name: str, **defaults: Any) -> Callable[[SplitFn], SplitFn]:
     def add(fn: SplitFn) -> SplitFn:
         SPLITS[name] = (fn, defaults)

@@ -227,6 +227,25 @@ def test_systems_can_be_switched_off(tmp_path):
     assert "fit_seconds" in set(frame["metric"])
 
 
+def test_systems_segments_limit_which_segments_are_measured(tmp_path):
+    raw = tiny_suite({"latency_requests": 10, "warmup": 1, "batch_sizes": [0], "segments": ["shots=2"]})
+    raw["splits"] = [{"kind": "user_coldstart", "params": {"user_fraction": 0.3, "shots": [0, 2]}}]
+    frame, _ = load_results(run_suite(parse_suite(raw, "test"), out_root=tmp_path, progress=None).run_dir)
+    latency = frame[frame["metric"] == "latency_p50_ms"]
+    assert set(latency["segment"]) == {"shots=2"} and set(latency["model"]) == {"pop", "als"}
+    # accuracy is still scored on every segment
+    assert set(frame[frame["metric"] == "ndcg"]["segment"]) == {"shots=0", "shots=2"}
+
+
+@pytest.mark.parametrize("segments, culprit", [(["shots=3"], "no split of this suite produces"),
+                                               (["warm"], "name no segment"), ([3], "name no segment")])
+def test_systems_segments_must_name_a_segment_of_the_suite(segments, culprit):
+    raw = tiny_suite({"segments": segments})
+    raw["splits"] = [{"kind": "user_coldstart", "params": {"shots": [0, 2]}}]
+    with pytest.raises(ConfigError, match=culprit):
+        parse_suite(raw, "test")
+
+
 def test_cuda_timing_and_peak_memory():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
