@@ -43,7 +43,8 @@ class ResultRow:
     ci_high: float
     n: int  # users the value is averaged over (0 for systems figures)
     status: str  # "ok", "unsupported" (not served), "first_stage" (positions a first stage ranked), "failed",
-    # "too_few_requests" (a latency percentile from too few requests, bench.systems.TOO_FEW)
+    # "too_few_requests" (a latency percentile from too few requests, bench.systems.TOO_FEW),
+    # "over_budget" (a batch scenario not run: one call would overrun the systems budget, bench.systems)
     cell_id: str
 
 

@@ -347,12 +347,15 @@ class CellRunner:
             return []
         requests = systems.Requests(data.users, k, data.history, data.exclude, data.candidates)
         cell_progress.phase(f"systems scenarios {data.segment.name}")
+        per_user = segment_info.get("recommend_seconds", 0.0) / max(segment_info.get("users", 0), 1)
         with alone_on_node():  # exclusive_timing: no other cell on this node while it is measured
             figures, details = systems.measure_serving(model.recommend, requests, spec, device=model.device,
-                                                       seed=self.seed)
+                                                       seed=self.seed, per_user_seconds=per_user)
         segment_info["systems"] = details | {name: value for name, (value, _n) in figures.items()}
+        over_budget = details.get("over_budget")
+        # too_few_requests: a percentile from too few requests; over_budget: a batch scenario not run
         return [self.system_row(base, data.segment.name, name, value)
-                | {"n": n, "status": systems.figure_status(name, n)}  # too_few_requests: a percentile from too few
+                | {"n": n, "status": systems.figure_status(name, n, over_budget)}
                 for name, (value, n) in figures.items()]
 
     def run_realtime(self, model: Recommender, mspec: ModelSpec, base: dict[str, Any], cid: str,

@@ -254,6 +254,10 @@ class Requests:
 
 
 TOO_FEW = "too_few_requests"  # status of a percentile row measured from fewer than MIN_REQUESTS requests
+OVER_BUDGET = "over_budget"  # status of a throughput row whose one call would take far more than max_seconds
+# A batch scenario is skipped when one call of it is expected to take more than this many budgets: a scenario
+# stops only between calls, so one 50-user call of a 0.5 s/user LM would hold a 2 s budget for 25 s.
+OVER_BUDGET_FACTOR = 2.0
 
 
 def enough_requests(name: str, n: int) -> bool:
@@ -365,8 +369,13 @@ def max_rate_at_p99(recommend: Callable[..., Any], requests: Requests, target_ms
 
 
 def measure_serving(recommend: Callable[..., Any], requests: Requests, spec: SystemsSpec, *, device: str = "cpu",
-                    seed: int = 0) -> tuple[dict[str, tuple[float, int]], dict[str, Any]]:
-    """All serving scenarios of one segment: ``{metric: (value, n)}`` plus details for cell.json."""
+                    seed: int = 0, per_user_seconds: float = 0.0) -> tuple[dict[str, tuple[float, int]], dict[str, Any]]:
+    """All serving scenarios of one segment: ``{metric: (value, n)}`` plus details for cell.json.
+
+    ``per_user_seconds`` (the warm accuracy pass's seconds per user) sizes each batch scenario before it
+    runs: a batch whose one call would take more than ``OVER_BUDGET_FACTOR * max_seconds`` is not run, and
+    ``details["over_budget"]`` names it with that estimate (its row: status ``over_budget``, no value).
+    """
     clock = Clock(device)
     rng = np.random.default_rng([seed, 5])
     figures: dict[str, tuple[float, int]] = {"timer_overhead_ns": (clock.overhead_ns(), 0)}
@@ -376,13 +385,20 @@ def measure_serving(recommend: Callable[..., Any], requests: Requests, spec: Sys
         for name, value in percentiles_ms(latencies).items():
             figures[f"latency_{name}_ms"] = (value, len(latencies))  # NaN + n: a "too few requests" row
     measured: dict[int, tuple[float, int]] = {}
+    over_budget: dict[str, float] = {}
     for batch in spec.batch_sizes:
         # a batch at least as large as the segment is one call with every user: measured once, reported under
         # each name asked for (a slow model on a 50-user sample would otherwise repeat its slowest scenario)
         effective = min(batch or len(requests), len(requests))
+        name = f"throughput_users_per_s@batch={batch or 'all'}"
+        expected = effective * per_user_seconds
+        if effective > 1 and expected > OVER_BUDGET_FACTOR * spec.max_seconds:
+            over_budget[name] = expected
+            figures[name] = (float("nan"), 0)
+            continue
         if effective not in measured:
             measured[effective] = offline_throughput(recommend, requests, batch, clock, spec.max_seconds)
-        figures[f"throughput_users_per_s@batch={batch or 'all'}"] = measured[effective]
+        figures[name] = measured[effective]
     if spec.server_rate > 0:
         result = server(recommend, requests, spec.server_rate, spec.server_requests, clock, rng, spec.max_seconds)
         n = len(result.latencies)
@@ -401,6 +417,8 @@ def measure_serving(recommend: Callable[..., Any], requests: Requests, spec: Sys
         figures["serve_peak_gpu_mb"] = (peak_gpu, 0)
     details = {"device": device, "device_name": clock.device_name(), "users": len(requests), "k": requests.k,
                "spec": spec.as_dict()}
+    if over_budget:
+        details["over_budget"] = over_budget  # scenario -> expected seconds of its one call
     return figures, details
 
 
@@ -408,8 +426,11 @@ def measure_serving(recommend: Callable[..., Any], requests: Requests, spec: Sys
 _PERCENTILE_ROW = re.compile(r"(?:server_)?latency_(p\d+)_ms")
 
 
-def figure_status(name: str, n: int) -> str:
-    """Row status of a serving figure: ``too_few_requests`` for a percentile from too few requests, else ok."""
+def figure_status(name: str, n: int, over_budget: dict[str, float] | None = None) -> str:
+    """Row status of a serving figure: ``too_few_requests`` for a percentile from too few requests,
+    ``over_budget`` for a batch scenario not run (:func:`measure_serving`), else ok."""
+    if over_budget and name in over_budget:
+        return OVER_BUDGET
     match = _PERCENTILE_ROW.fullmatch(name)
     return TOO_FEW if match and not enough_requests(match.group(1), n) else "ok"
 

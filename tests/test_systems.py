@@ -167,6 +167,19 @@ def test_batches_not_smaller_than_the_segment_are_measured_once():
     assert figures["throughput_users_per_s@batch=all"][1] == 20
 
 
+def test_a_batch_whose_one_call_would_overrun_the_budget_is_not_run():
+    """0.1 s per user and a 0.5 s budget: batch 8 (0.8 s) runs, batch 20 (2 s > 2 x 0.5 s) is skipped."""
+    rec = Recorder()
+    spec = systems.SystemsSpec(warmup=0, latency_requests=0, batch_sizes=[1, 8, 0], max_seconds=0.5)
+    figures, details = systems.measure_serving(rec, requests(20), spec, per_user_seconds=0.1)
+    assert rec.batches == [1] * 20 + [8, 8, 4]  # the 20-user call never happened
+    assert details["over_budget"] == {"throughput_users_per_s@batch=all": pytest.approx(2.0)}
+    value, n = figures["throughput_users_per_s@batch=all"]
+    assert np.isnan(value) and n == 0
+    assert systems.figure_status("throughput_users_per_s@batch=all", n, details["over_budget"]) == systems.OVER_BUDGET
+    assert systems.figure_status("throughput_users_per_s@batch=8", 20, details["over_budget"]) == "ok"
+
+
 def test_machine_mismatch():
     a = {"machine": {"cpu": "Xeon", "cpu_count": 2, "memory_gib": 24.0, "gpu": None}, "device": "cpu"}
     assert systems.machine_mismatch(a, a) is None

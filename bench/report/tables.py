@@ -40,7 +40,7 @@ from bench.report import units
 from bench.report.rundata import RunData
 from bench.stats import (average_over_seeds, bootstrap_ci, holm_adjust, paired_ttest_pvalues, paired_user_means,
                          seed_spread, seed_user_keys, welch_ttest_pvalue)
-from bench.systems import TOO_FEW
+from bench.systems import OVER_BUDGET, TOO_FEW
 
 ALPHA = 0.05
 SIGNIFICANCE_METHOD = ("two-sided paired t-test over users (values paired by seed and user id, each user's "
@@ -649,15 +649,22 @@ def concurrent_cells(run: RunData) -> tuple[set[tuple[str, str, str]], set[tuple
     return keys(fit_ids), keys(serve_ids)
 
 
+OVER_BUDGET_NOTE = ("over budget: that batch scenario was not run, because one call of it would take more than "
+                    "twice evaluation.systems.max_seconds at the model's users/s of the accuracy pass; "
+                    "raise max_seconds to measure it.")
+
+
 def systems_tables(run: RunData) -> list[FigureTable]:
     """Fit cost per dataset x split (one row per model) and serving cost per segment; figures measured
     beside other cells on the node are marked."""
     shared_fit, shared_serve = concurrent_cells(run)
     mark = lambda shared, d, s, m: m + (CONCURRENT_MARK if (d, s, m) in shared else "")  # noqa: E731
     frame = run.frame
-    figures = frame[(frame["k"] == 0) & frame["status"].isin(["ok", TOO_FEW]) & ~frame["metric"].isin(NOT_FIGURES)
-                    & ~is_realtime(frame["segment"])]
+    figures = frame[(frame["k"] == 0) & frame["status"].isin(["ok", TOO_FEW, OVER_BUDGET])
+                    & ~frame["metric"].isin(NOT_FIGURES) & ~is_realtime(frame["segment"])]
     too_few = figures[figures["status"] == TOO_FEW].groupby(["model", "segment", "metric"])["n"].max()
+    over_budget = set(map(tuple, figures.loc[figures["status"] == OVER_BUDGET, ["model", "segment", "metric"]]
+                          .to_numpy()))
     tables = []
     order = run.model_order()
     for (dataset, split), sub in sorted(figures.groupby(["dataset", "split"]),
@@ -681,10 +688,13 @@ def systems_tables(run: RunData) -> list[FigureTable]:
             means = serve.groupby(["model", "segment", "metric"])["value"].mean()
             segments = sorted(serve["segment"].unique(), key=segment_sort_key)
             rows = [[mark(shared_serve, dataset, split, m), s]
-                    + [_fmt_figure(n, means.get((m, s, n), float("nan"))) if (m, s, n) not in too_few.index
-                       else f"too few requests (n = {int(too_few[(m, s, n)])})" for n in names]
+                    + [f"too few requests (n = {int(too_few[(m, s, n)])})" if (m, s, n) in too_few.index
+                       else "over budget" if (m, s, n) in over_budget
+                       else _fmt_figure(n, means.get((m, s, n), float("nan"))) for n in names]
                     for m in order for s in segments if (m, s) in set(zip(serve["model"], serve["segment"]))]
             note = CONCURRENT_NOTE if any(r[0].endswith(CONCURRENT_MARK) for r in rows) else ""
+            if any(cell == "over budget" for r in rows for cell in r):
+                note = " ".join(filter(None, [note, OVER_BUDGET_NOTE]))
             summary = _summary(means, [("lowest p99", "latency_p99_ms", True),
                                        ("highest p99", "latency_p99_ms", False)])
             peaks = [(found[1], n, found[0]) for n in names if n.startswith(THROUGHPUT_PREFIX)
