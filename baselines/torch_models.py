@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from bench import progress
 from bench.protocol import Capabilities, Recommender, TrainData
 from bench.torch_device import (batches, require_torch, seed_everything, serving_dtype, synchronize,
                                 topk_on_device, use_threads)
@@ -192,7 +193,8 @@ class BPRMF(_DotProduct):
                                      weight_decay=float(p["weight_decay"]))
         u_all = torch.as_tensor(users, device=self.device)
         i_all = torch.as_tensor(items, device=self.device)
-        for _ in range(int(p["epochs"])):
+        for epoch in range(int(p["epochs"])):
+            progress.step(epoch + 1, int(p["epochs"]), "epoch")
             order = torch.as_tensor(self.rng.permutation(len(users)), device=self.device)
             neg_all = torch.as_tensor(sample_negatives(self.rng, users, known, train.n_items), device=self.device)
             for part in batches(len(users), int(p["train_batch_size"])):
@@ -280,7 +282,8 @@ class LightGCN(_DotProduct):
         batch = int(p["train_batch_size"])
         by_user = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))
         active = np.flatnonzero(np.diff(by_user.indptr))
-        for _ in range(int(p["epochs"])):
+        for epoch in range(int(p["epochs"])):
+            progress.step(epoch + 1, int(p["epochs"]), "epoch")
             for u, i in self._epoch_batches(users, items, by_user, active, batch):
                 j = sample_negatives(self.rng, u, known, n_items)
                 final = torch.stack(self._layers(torch, adj, ego)).mean(0)
@@ -402,7 +405,8 @@ class SASRec(TorchRecommender):
         y_all = torch.as_tensor(targets, device=self.device)
         optimiser = torch.optim.Adam(self.net.parameters(), lr=float(p["learning_rate"]))
         self.net.train()
-        for _ in range(int(p["epochs"])):
+        for epoch in range(int(p["epochs"])):
+            progress.step(epoch + 1, int(p["epochs"]), "epoch")
             order = torch.as_tensor(self.rng.permutation(len(inputs)), device=self.device)
             for part in batches(len(inputs), int(p["train_batch_size"])):
                 x, y = x_all[order[part]], y_all[order[part]]
@@ -562,7 +566,8 @@ class MeLU(TorchRecommender):
             self.globals["item_proj"].data.zero_()
         optimiser = torch.optim.Adam(list(self.globals.values()), lr=float(p["meta_lr"]))
         eligible = np.array([u for u, hist in enumerate(self.histories) if len(np.unique(hist)) >= 2], np.int64)
-        for _ in range(int(p["epochs"])):
+        for epoch in range(int(p["epochs"])):
+            progress.step(epoch + 1, int(p["epochs"]), "epoch")
             order = self.rng.permutation(eligible)
             for part in batches(len(order), int(p["meta_batch_size"])):
                 users = order[part]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bench import registry
+from bench import progress, registry
 from bench.errors import ConfigError
 from bench.protocol import Capabilities, Recommender, TrainData, mask_and_rank
 from llm_models import runtime
@@ -126,13 +126,14 @@ class LMRecommender(Recommender):
             optimizer = torch.optim.AdamW(trainable, lr=p["learning_rate"])
             model.train()
             self.train_model = model
-            for _ in range(p["max_steps"]):
+            for step in range(p["max_steps"]):
                 with runtime.autocast(self.device):
                     loss = self.batch_loss(rng)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
+                progress.step(step + 1, p["max_steps"], "fine-tune step", f"loss {losses[-1]:.3f}")
             model.eval()
             if p["lora"]:
                 self.lm = model.merge_and_unload()
@@ -317,6 +318,7 @@ class LLMRerank(LMRecommender):
         items = np.zeros((len(user_ids), width), np.int64)
         scores = np.zeros((len(user_ids), width), np.float64)
         for row, hist in enumerate(histories):
+            progress.step(row, len(histories), "users scored")
             head, tail = stage_items[row, :n_rerank], stage_items[row, n_rerank:]
             p_yes = self.p_yes(self.prefix_ids(hist), head)
             order = np.lexsort((np.arange(len(head)), -p_yes))  # ties keep first-stage order
@@ -392,6 +394,7 @@ class LLMGenerate(LMRecommender):
         texts: list[str] = []
         pad_id = self.tokenizer.pad_token_id
         for part in runtime.batches(len(histories), p["batch_size"]):
+            progress.step(len(texts), len(histories), "users generated for")
             prompts = [self.prompt_ids(h) for h in histories[part]]
             width = max(len(x) for x in prompts)
             ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import progress
 from bench.protocol import Capabilities, Recommender, TrainData
 from llm_models import runtime
 
@@ -178,7 +179,8 @@ class TextTwoTower(TextEmbed):
             for p_ in model.parameters():
                 p_.requires_grad_(True)
             model.train()
-            for _ in range(p["max_steps"]):
+            for step in range(p["max_steps"]):
+                progress.step(step + 1, p["max_steps"], "fine-tune step")
                 queries, positives = self.sample_batch(users, rng)
                 q = self.query_encoder.forward(queries)
                 d = self.item_encoder.forward([self.texts[i] for i in positives])
