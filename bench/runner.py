@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from bench import metrics as metric_lib
 from bench import protocols as eval_protocols
-from bench import grid, provenance, realtime, registry, systems
+from bench import diskcache, grid, provenance, realtime, registry, systems
 from bench import progress as cell_progress  # lines from inside a cell; `progress` is run_suite's callback
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.data.dataset import side_info, train_data  # noqa: F401  (re-exported: runner.train_data)
@@ -171,8 +171,9 @@ class CellRunner:
     """Runs one model on one split and writes its folder."""
 
     def __init__(self, config: SuiteConfig, run_id: str, run_dir: Path, dataset: Dataset, dspec: DatasetSpec,
-                 split: Split, sspec: SplitSpec, train: TrainData, seed: int) -> None:
+                 split: Split, sspec: SplitSpec, train: TrainData, seed: int, cache_dir: Path | None = None) -> None:
         self.config, self.run_id, self.run_dir = config, run_id, run_dir
+        self.cache_dir = cache_dir  # bench's cache home (DataOptions.cache_dir): converted checkpoints live there
         self.rundir = RunDir(run_dir)
         self.dataset, self.dspec, self.split, self.sspec, self.train, self.seed = dataset, dspec, split, sspec, train, seed
         self.popularity = np.bincount(train.item, minlength=dataset.n_items)
@@ -221,6 +222,7 @@ class CellRunner:
         rows: list[dict[str, Any]] = []
         base = self.base_row(mspec, mspec.params, cid)
         try:
+            diskcache.use_root(self.cache_dir)  # in the cell's own process, before the model loads anything
             cls = registry.models.get(mspec.name)
             model: Recommender = cls(seed=self.seed, device=self.config.device, **mspec.params)
             base = self.base_row(mspec, model.params, cid)
@@ -233,10 +235,11 @@ class CellRunner:
             rows.append(self.system_row(base, "fit", "import_seconds", time.perf_counter() - import_start))
             calibration = systems.Calibration()  # bracket the fit: the timing gates' reference for this cell
             bracket = [calibration.run()]
-            caches_before = systems.cache_counters()
+            caches_before, disk_before = systems.cache_counters(), diskcache.counters()
             cell_progress.phase("fit")
             fit_cost = systems.measure_fit(lambda: model.fit(self.train), model.size_bytes, model.device)
             caches = systems.caches_used(caches_before, systems.cache_counters())
+            disk = diskcache.used(disk_before, diskcache.counters())
             bracket.append(calibration.run())
             cell_calibration = systems.calibration_record(bracket)
             rows.append(self.system_row(base, "fit", "calibration_seconds", cell_calibration["seconds"]))
@@ -245,6 +248,9 @@ class CellRunner:
             # caches_warm: the fit reused something an earlier cell of this process loaded (isolation = "none"),
             # so its fit_seconds leaves out a load that a cold process pays; None: it used no process cache
             info["caches_warm"] = ("warm" in caches.values()) if caches else None
+            # disk_caches: entries of bench.diskcache the fit looked up, "hit" (read back, e.g. a converted
+            # checkpoint) or "miss" (built now): warm across processes and runs, unlike caches_warm
+            info["disk_caches"] = disk or None
             info["systems"] = {"device": model.device, "fit_peak_is_per_fit": fit_cost.peak_is_per_fit,
                                "process_peak_rss_mb_before_fit": fit_cost.process_peak_before_mb,
                                "process_caches": caches, "isolation": self.config.execution.isolation}
@@ -252,6 +258,9 @@ class CellRunner:
                 rows.append(self.system_row(base, "fit", name, value))
             if caches:
                 rows.append(self.system_row(base, "fit", "fit_caches_warm", float(info["caches_warm"])))
+            if disk:
+                rows.append(self.system_row(base, "fit", "fit_disk_caches_hit",
+                                            float(all(v == "hit" for v in disk.values()))))
             for segment in self.split.segments(self.dataset):
                 rows.extend(self.run_segment(model, mspec, segment, base, cid, info))
             info["model_description"] = model.describe()  # again: fitted models add what they learned
@@ -522,7 +531,7 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
                 say(f"{label}: already done ({info.get('status')}), reused (--force re-runs it)")
                 continue
             dataset, split, train = prepare(dspec, seed, sspec)
-            runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
+            runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed, data.cache_dir)
             if progress is not None:  # lines from inside long cells too (bench.progress)
                 runner.progress_label, runner.progress_interval = label, progress_interval
             while executor.capacity and executor.outstanding >= executor.capacity:

@@ -11,6 +11,9 @@ works on a deep copy), because loading a GGUF LM costs far more than a small
 fine-tune on CPU and the contract tests fit the same model many times. The
 caches are registered with :func:`bench.systems.register_process_cache`, so every
 cell records whether its fit found them warm (``caches_warm`` in cell.json).
+A GGUF checkpoint is de-quantised once and kept on disk as float32 safetensors
+(:func:`cached_conversion`, :mod:`bench.diskcache`), so a new process reads it
+in about a second instead of converting it again (``disk_caches`` in cell.json).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import systems
+from bench import diskcache, systems
 from bench.errors import ConfigError
 # Devices and timing have one home shared with the neural baselines; re-exported for llm_models.
 from bench.torch_device import GpuPeak, autocast, batches, seed_everything, synchronize, use_threads  # noqa: F401
@@ -113,21 +116,76 @@ def load_encoder(name_or_path: str, model: str) -> tuple[Any, Any]:
     return tokenizer, copy.deepcopy(encoder)
 
 
-@functools.lru_cache(maxsize=2)
-def _load_lm(location: str, gguf_file: str | None) -> tuple[Any, Any]:
+def _from_pretrained(location: str, **kwargs: Any) -> tuple[Any, Any]:
+    """(tokenizer, causal LM) from a directory or hub name, float32, without transformers' progress noise."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+    return tokenizer, lm
+
+
+CHECKPOINT_CACHE = "checkpoints"  # bench.diskcache kind: <cache home>/checkpoints/<key>/
+CHECKPOINT_FORMAT = 1  # bump when what an entry holds changes
+
+
+def checkpoint_key(source: Path, conversion: str) -> dict[str, Any]:
+    """What decides a converted checkpoint's bytes: the source file's content, the converter and the dtype.
+
+    The sha256 of the file, not its size and mtime: hashing SmolLM2's 98 MB GGUF
+    takes ~0.4 s against the ~25 s conversion it saves, and a reinstalled or
+    replaced file with the same name, size or mtime can never be mistaken for another.
+    """
+    import torch
+    import transformers
+
+    from bench.data.cards import sha256_of
+
+    return {"format": CHECKPOINT_FORMAT, "conversion": conversion, "source_name": source.name,
+            "source_sha256": sha256_of(source), "transformers": transformers.__version__,
+            "torch": torch.__version__.split("+")[0], "dtype": "float32"}
+
+
+def cached_conversion(source: Path, conversion: str, convert: Any) -> tuple[Any, Any]:
+    """(tokenizer, LM) of ``convert()``, saved once as a float32 safetensors checkpoint + tokenizer on disk
+    (bench.diskcache) and read back from there by every later process."""
+    def build(folder: Path) -> None:
+        tokenizer, lm = convert()
+        # transformers marks a de-quantised GGUF model "quantized" and refuses to save it, though its weights
+        # are plain float tensors by now: drop the marker so the saved checkpoint loads as an ordinary model
+        lm.hf_quantizer = None
+        if hasattr(lm.config, "quantization_config"):
+            del lm.config.quantization_config
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            lm.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+        finally:
+            hf_logging.enable_progress_bar()
+
+    return diskcache.cached(CHECKPOINT_CACHE, checkpoint_key(source, conversion), build,
+                            lambda folder: _from_pretrained(str(folder)), f"converted checkpoint of {source.name}")
+
+
+@functools.lru_cache(maxsize=2)
+def _load_lm(location: str, gguf_file: str | None) -> tuple[Any, Any]:
+    if gguf_file:  # de-quantising a GGUF costs ~25 s per process on CPU: convert once, keep it on disk
+        source = Path(location) / gguf_file
+        tokenizer, lm = cached_conversion(source, "gguf-dequantise",
+                                          lambda: _from_pretrained(location, gguf_file=gguf_file))
+    else:
+        tokenizer, lm = _from_pretrained(location)
     lm.eval()
     for p in lm.parameters():
         p.requires_grad_(False)

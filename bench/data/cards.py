@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bench import diskcache
 from bench.errors import ConfigError, DataError
 
 
@@ -33,7 +34,7 @@ from bench.errors import ConfigError, DataError
 class DataOptions:
     """Where data comes from. Built by the CLI or the caller, never from the environment."""
 
-    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "bench" / "datasets")
+    cache_dir: Path = field(default_factory=lambda: diskcache.DEFAULT_ROOT)  # bench's one cache home
     mirrors: tuple[Path, ...] = ()
     allow_download: bool = True
 

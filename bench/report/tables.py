@@ -61,6 +61,7 @@ FIT_FIGURES: dict[str, str] = {
     "fit_rss_increase_mb": "fit RSS increase",
     "fit_peak_gpu_mb": "fit peak GPU memory",
     "fit_caches_warm": "fit found process caches warm (1 = yes)",
+    "fit_disk_caches_hit": "fit read its disk caches back, e.g. a converted checkpoint (1 = yes, 0 = built)",
     "calibration_seconds": "calibration around fit",
     "calibration_cpu_seconds": "calibration around fit (CPU)",
 }
