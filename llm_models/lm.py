@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -118,7 +119,9 @@ class LMRecommender(Recommender):
 
                 config = LoraConfig(r=p["lora_r"], lora_alpha=2 * p["lora_r"], lora_dropout=0.0,
                                     target_modules="all-linear", task_type="CAUSAL_LM")
-                model = get_peft_model(self.lm, config)
+                with warnings.catch_warnings():  # peft asks transformers a deprecated question: noise in every cell
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                    model = get_peft_model(self.lm, config)
             else:
                 for weight in model.parameters():
                     weight.requires_grad_(True)
@@ -286,7 +289,7 @@ class LLMRerank(LMRecommender):
             cache = None
             if p["share_prefix"]:
                 prefix_ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
-                cache = self.lm.base_model(input_ids=prefix_ids, use_cache=True).past_key_values
+                cache = runtime.kv_cache_of(self.lm.base_model(input_ids=prefix_ids, use_cache=True))
             for part in runtime.batches(len(candidates), p["batch_size"]):
                 suffixes = [self.suffix_ids(int(c)) for c in candidates[part]]
                 if cache is None:
@@ -301,7 +304,7 @@ class LLMRerank(LMRecommender):
                                           mask], dim=1)
                     positions = torch.arange(len(prefix), len(prefix) + width, device=ids.device).expand(rows, -1)
                     logits = self.answer_logits(ids, full_mask, last, position_ids=positions,
-                                                past_key_values=shared, use_cache=True)
+                                                use_cache=True, **{runtime.kv_cache_kwarg(self.lm.base_model): shared})
                 out[part] = torch.softmax(logits, dim=-1)[:, 0].cpu().numpy()
         return out
 

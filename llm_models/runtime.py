@@ -205,6 +205,20 @@ def load_lm(name_or_path: str, model: str) -> tuple[Any, Any]:
     return tokenizer, copy.deepcopy(lm)
 
 
+def kv_cache_kwarg(model: Any) -> str:
+    """The forward argument that takes a KV cache: ``cache`` in transformers 5.x, where ``past_key_values``
+    still works but logs a deprecation warning on every cell; ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def kv_cache_of(output: Any) -> Any:
+    """The KV cache of a model output, under either name (see :func:`kv_cache_kwarg`)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 # -- text -------------------------------------------------------------------------------
 
 def item_texts(side: Any, max_chars: int) -> list[str]:
