@@ -356,20 +356,23 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
                 continue
             ok = msub[msub["status"] == "ok"]
             values[model] = model_values(run, ok, key.segment) if not ok.empty else None
-            by_column = {(m, int(k)): g for (m, k), g in msub.groupby(["metric", "k"], sort=False)}
+            # one pass over the model's rows (a boolean filter per column made the report slow on big suites)
+            statuses = {(m, int(k)): set(g) for (m, k), g in msub.groupby(["metric", "k"], sort=False)["status"]}
+            ok_rows = {(m, int(k)): g for (m, k), g in ok.groupby(["metric", "k"], sort=False)}
             for column in columns:
-                crow = by_column.get((column.metric, column.k), msub.iloc[0:0])
-                okrow = crow[crow["status"] == "ok"]
-                if okrow.empty:
-                    status = next((s for s in ("unsupported", "first_stage") if (crow["status"] == s).any()),
+                okrow = ok_rows.get((column.metric, column.k))
+                if okrow is None:
+                    seen = statuses.get((column.metric, column.k), set())
+                    status = next((s for s in ("unsupported", "first_stage") if s in seen),
                                   "failed" if (key.dataset, key.split, model) in failed_splits else "missing")
                     cells[(model, column.key)] = Cell(status)
                     continue
-                cell = Cell("ok", float(okrow["value"].mean()), n=int(okrow["n"].max()))
+                row_values = okrow["value"].to_numpy()
+                cell = Cell("ok", float(row_values.mean()), n=int(okrow["n"].to_numpy().max()))
                 if len(okrow) == 1:
                     cell.ci_low, cell.ci_high = float(okrow["ci_low"].iloc[0]), float(okrow["ci_high"].iloc[0])
                 else:  # several seeds: mean and CI over users (each user's mean over its seeds), spread apart
-                    cell.seed_sd, cell.seed_min, cell.seed_max = seed_spread(okrow["value"].to_numpy())
+                    cell.seed_sd, cell.seed_min, cell.seed_max = seed_spread(row_values)
                     mv = values[model]
                     col = None if mv is None else mv.user_means(column.key)
                     if col is not None and np.isfinite(col).all():
