@@ -44,9 +44,10 @@ class RunData:
 
     def model_order(self) -> list[str]:
         """Model labels in suite order, then any others found in the table."""
+        present = set(self.frame["model"].unique())
         order = [m.get("label") or m.get("name") for m in self.config.get("models", [])]
-        order = [m for m in order if m in set(self.frame["model"])]
-        return order + sorted(set(self.frame["model"]) - set(order))
+        order = [m for m in order if m in present]
+        return order + sorted(present - set(order))
 
     def per_user(self, cell_id: str, segment: str) -> PerUser | None:
         """Per-user values of a cell's segment, or None when the file is absent (failed/unsupported)."""
