@@ -715,6 +715,11 @@ def _cell_calibration(cell: CellState, metric: str) -> float | None:
     return float(value) if value is not None and math.isfinite(value) and value > 0 else None
 
 
+def _serves_nothing(cell: CellState) -> bool:
+    """Every accuracy segment of the cell is unsupported (the runner then skips the fit)."""
+    return bool(cell.segments) and all(seg.status == "unsupported" for seg in cell.segments.values())
+
+
 def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems: list[str],
                   notes: list[str]) -> list[Check]:
     """One ratio check per model and dataset/split/seed; timings nobody measured on either side are skipped."""
@@ -744,6 +749,8 @@ def timing_checks(baseline: Snapshot, current: Snapshot, rules: Rules, problems:
                 continue
             if base_cell.status != "ok" or cur_cell.status != "ok":
                 continue  # a failed cell is a status check of its own
+            if _serves_nothing(base_cell) or _serves_nothing(cur_cell):
+                continue  # not fitted where it serves no segment (bench.runner): its fit time means nothing
             where = group_label(group, all_groups)
             own = {"baseline": _cell_time(base_cell, metric), "current": _cell_time(cur_cell, metric)}
             if own["baseline"] is None and own["current"] is None:

@@ -227,6 +227,14 @@ class CellRunner:
             model: Recommender = cls(seed=self.seed, device=self.config.device, **mspec.params)
             base = self.base_row(mspec, model.params, cid)
             info["model_description"] = model.describe()
+            segments = self.split.segments(self.dataset)
+            if self.serves_nothing(model, mspec, segments):
+                # e.g. an ALS on an item cold-start split: every segment would be "unsupported" after the fit
+                info["fit_skipped"] = "the model can serve no segment of this split (capabilities): not fitted"
+                for segment in segments:
+                    rows.extend(self.run_segment(model, mspec, segment, base, cid, info))
+                info["status"] = "ok"
+                return rows, info
             # cold load apart from fit: the model's declared heavy modules (preload_modules), imported here if
             # no forkserver or earlier cell of this process did, so fit_seconds never includes an import
             import_start = time.perf_counter()
@@ -261,7 +269,7 @@ class CellRunner:
             if disk:
                 rows.append(self.system_row(base, "fit", "fit_disk_caches_hit",
                                             float(all(v == "hit" for v in disk.values()))))
-            for segment in self.split.segments(self.dataset):
+            for segment in segments:
                 rows.extend(self.run_segment(model, mspec, segment, base, cid, info))
             info["model_description"] = model.describe()  # again: fitted models add what they learned
             cell_progress.phase("real-time replay")
@@ -274,6 +282,11 @@ class CellRunner:
             return self.record_failure(mspec, cid, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
                                        info, rows)
         return rows, info
+
+    def serves_nothing(self, model: Recommender, mspec: ModelSpec, segments: list[Segment]) -> bool:
+        """True when fitting would be wasted: no segment the model can serve, no replay, no grid selection."""
+        return (bool(segments) and not any(model.capabilities.supports(s.needs) for s in segments)
+                and not realtime.applies(self.config.evaluation.realtime, self.split.kind) and not mspec.grid_of)
 
     @staticmethod
     def system_row(base: dict[str, Any], segment: str, metric: str, value: float) -> dict[str, Any]:

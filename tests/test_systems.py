@@ -250,6 +250,24 @@ def test_systems_segments_limit_which_segments_are_measured(tmp_path):
     assert set(frame[frame["metric"] == "ndcg"]["segment"]) == {"shots=0", "shots=2"}
 
 
+def test_a_model_that_serves_no_segment_of_a_split_is_not_fitted(tmp_path):
+    raw = tiny_suite({"latency_requests": 10, "warmup": 1, "batch_sizes": [0]})
+    raw["splits"] = [{"kind": "item_coldstart", "params": {"item_fraction": 0.2}}]
+    raw["models"].append({"name": "lightfm-hybrid", "params": {"no_components": 4, "epochs": 1}})
+    summary = run_suite(parse_suite(raw, "test"), out_root=tmp_path, progress=None)
+    frame, _ = load_results(summary.run_dir)
+    infos = {json.loads(p.read_text())["model"]: json.loads(p.read_text())
+             for p in (summary.run_dir / "cells").glob("*/cell.json")}
+    # ALS cannot serve cold items: no fit, no timing rows, every accuracy row "unsupported", the reason recorded
+    als = frame[frame["model"] == "als"]
+    assert set(als["status"]) == {"unsupported"} and not (als["k"] == 0).any()
+    assert infos["als"]["status"] == "ok" and "not fitted" in infos["als"]["fit_skipped"]
+    # a model with the capability is fitted and scored as before
+    hybrid = frame[frame["model"] == "lightfm-hybrid"]
+    assert "fit_seconds" in set(hybrid["metric"]) and (hybrid[hybrid["k"] > 0]["status"] == "ok").all()
+    assert "fit_skipped" not in infos["lightfm-hybrid"]
+
+
 @pytest.mark.parametrize("segments, culprit", [(["shots=3"], "no split of this suite produces"),
                                                (["warm"], "name no segment"), ([3], "name no segment")])
 def test_systems_segments_must_name_a_segment_of_the_suite(segments, culprit):
