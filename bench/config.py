@@ -52,7 +52,7 @@ _EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int
 _DATASET = {"name": str, "params": dict, "implicit": dict, "source": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list, "train": str, "test": str, "valid": str}
 _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str,
-          "splits": list, "max_test_users": int, "resources": dict}
+          "splits": list, "max_test_users": int, "resources": dict, "paired_with": str}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
          "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str}
 _DEVICES = ("cpu", "cuda", "auto")
@@ -147,7 +147,8 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
         base = ModelSpec(table["name"], dict(table.get("params", {})), table.get("label", ""),
                          grid_of=table.get("grid_of", ""), select_by=table.get("select_by", ""),
                          splits=only_splits, max_test_users=table.get("max_test_users"),
-                         resources=check_resources(table.get("resources", {}), f"models[{i}].resources", source))
+                         resources=check_resources(table.get("resources", {}), f"models[{i}].resources", source),
+                         paired_with=table.get("paired_with", ""))
         if base.max_test_users is not None and base.max_test_users < 0:
             raise ConfigError(f"{source}: models[{i}].max_test_users must be >= 0 (0 = every test user), "
                               f"got {base.max_test_users}")
@@ -157,6 +158,11 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
             labels.add(spec.label)
             _check_model_params(spec, f"models[{i}].params", source)
             models.append(spec)
+
+    for i, spec in enumerate(models):  # after all labels are known: a pair may name a later model
+        if spec.paired_with and (spec.paired_with not in labels or spec.paired_with == spec.label):
+            raise ConfigError(f"{source}: model '{spec.label}': paired_with = '{spec.paired_with}' must name another "
+                              f"model's label in this suite; labels: {', '.join(sorted(labels))}")
 
     ev_raw = raw.get("evaluation", {})
     _check_keys(ev_raw, _EVAL, "evaluation.", source)

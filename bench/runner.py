@@ -59,7 +59,8 @@ class RunSummary:
 
 def cell_id(dataset: DatasetSpec, split: SplitSpec, model: ModelSpec, seed: int, config: SuiteConfig) -> str:
     """Stable identity of a cell: same config, same id (used by resume and skip)."""
-    model_key = {k: v for k, v in asdict(model).items() if k != "resources"}  # where it runs is not what it is
+    # where it runs, and which model the report pairs it with, are not what it is
+    model_key = {k: v for k, v in asdict(model).items() if k not in ("resources", "paired_with")}
     key = {"dataset": asdict(dataset), "split": {"kind": split.kind, "params": split.params},
            "model": model_key, "seed": seed, "evaluation": asdict(config.evaluation), "device": config.device}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]

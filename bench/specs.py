@@ -297,6 +297,10 @@ class ModelSpec:
     # what one cell of this model asks a Ray cluster for (num_cpus, num_gpus, memory_gb); how cells run,
     # not what they compute, so it is left out of the cell's identity (bench.runner.cell_id)
     resources: dict[str, float] = field(default_factory=dict)
+    # the label of another model of the suite: the report shows this model's paired difference against it
+    # (per-user values on the users both scored, CI and p-value); how results are read, not what a cell
+    # computes, so it is left out of the cell's identity too
+    paired_with: str = ""
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
