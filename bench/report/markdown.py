@@ -10,7 +10,8 @@ import html
 import re
 
 from bench.report import units
-from bench.report.tables import ALPHA, SIGNIFICANCE_METHOD, Cell, Leaderboard, fmt
+from bench.report.tables import (ALPHA, PAIRED_METHOD, SIGNIFICANCE_METHOD, Cell, FigureTable, Leaderboard,
+                                 PairedComparison, fmt)
 from bench.report.which_model import WhichModel
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
@@ -56,7 +57,8 @@ def which_model_markdown(which: WhichModel) -> list[str]:
 
 
 def leaderboard_markdown(boards: list[Leaderboard], *, suite: str, run_id: str, headline: str,
-                         html_name: str, compare_id: str | None = None, which: WhichModel | None = None) -> str:
+                         html_name: str, compare_id: str | None = None, which: WhichModel | None = None,
+                         paired: list[PairedComparison] | None = None, losses: FigureTable | None = None) -> str:
     """"Which model when", then one table per leaderboard; **bold** = best, † = not significantly different."""
     headline_k = int(headline.partition("@")[2] or 10)
     lines = [f"## bench report: suite `{md_escape(suite)}`, run `{md_escape(run_id)}`", "",
@@ -82,6 +84,22 @@ def leaderboard_markdown(boards: list[Leaderboard], *, suite: str, run_id: str, 
             lines += ["", f"Same {same.n_users} users, every model:", ""]
             lines += _table(same_keys, [(model, [_leaderboard_cell(same.cell(model, key)) for key in same_keys])
                                         for model in same.models])
+    if paired:
+        lines += ["", "### Paired comparisons", "", md_escape(PAIRED_METHOD) + "."]
+        for pc in paired:
+            users = (f"{pc.n_users} users, the same for both" if pc.same_users else
+                     f"{pc.n_users} users scored by both ({pc.n_model} and {pc.n_reference} scored)")
+            lines += ["", f"**{md_escape(pc.model)} − {md_escape(pc.reference)}**, {md_escape(pc.board.title)}: "
+                          f"{users}.", "",
+                      f"| metric | {md_escape(pc.model)} | {md_escape(pc.reference)} | difference | 95% CI | p |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {md_escape(r.column)} | {fmt(r.model)} | {fmt(r.reference)} | {r.diff:+.4f} | "
+                      f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {fmt(r.p, 3)} |" for r in pc.rows]
+    if losses is not None:
+        lines += ["", f"### {md_escape(losses.title)}", "", "| " + " | ".join(md_escape(h) for h in losses.headers) + " |",
+                  "|---|---|" + "---:|" * (len(losses.headers) - 2)]
+        lines += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in losses.rows]
+        lines += ["", f"_{md_escape(losses.note)}_"]
     return "\n".join(lines) + "\n"
 
 

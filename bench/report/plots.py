@@ -428,3 +428,43 @@ def realtime_plots(run: RunData, styles: dict[str, Style]) -> tuple[list[Plot], 
 
 
 __all__ = ["Plot", "coldstart_plots", "model_gid", "pareto_front", "realtime_plots", "tradeoff_plots"]
+
+
+# -- fine-tuning loss --------------------------------------------------------------------
+
+
+def loss_plots(run: RunData, styles: dict[str, Style]) -> list[Plot]:
+    """Training loss per step of every model that kept one (``model_description.training.loss_curve``),
+    one figure per dataset x split: each step's loss thin, its moving mean thick (steps of small batches
+    are noisy; the trend is the question)."""
+    curves: dict[tuple[str, str], list[tuple[str, int, np.ndarray]]] = {}
+    for cell in run.cells.values():
+        curve = ((cell.get("model_description") or {}).get("training") or {}).get("loss_curve") or []
+        if curve:
+            key = (str(cell.get("dataset")), str(cell.get("split")))
+            curves.setdefault(key, []).append((str(cell.get("model")), int(cell.get("seed", 0)),
+                                               np.asarray(curve, dtype=float)))
+    plots = []
+    for (dataset, split), entries in sorted(curves.items(), key=lambda kv: (kv[0][0], split_rank(run, kv[0][1]))):
+        fig = Figure(figsize=(5.6, 3.2))
+        ax = fig.add_subplot(1, 1, 1)
+        windows = []
+        for model, seed, curve in sorted(entries, key=lambda e: (e[0], e[1])):
+            st = style_of(styles, model)
+            steps = np.arange(1, curve.size + 1)
+            window = max(1, curve.size // 8)
+            windows.append(window)
+            smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
+            label = plain(model) + (f" (seed {seed})" if len(entries) > 1 else "")
+            ax.plot(steps, curve, color=st.color, linewidth=0.7, alpha=0.35, gid=model_gid(model))
+            ax.plot(steps[window - 1:], smooth, color=st.color, linewidth=2.0, label=label, gid=model_gid(model))
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("training loss")
+        ax.grid(True, alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        figure_legend(fig, handles, labels)
+        plots.append(Plot(f"{dataset} · {split}: fine-tuning loss", to_uri(fig),
+                          f"training loss per step on {dataset} {split}",
+                          f"thin: each step's loss; thick: moving mean over {', '.join(map(str, sorted(set(windows))))} "
+                          f"steps (cell.json model_description.training.loss_curve)"))
+    return plots

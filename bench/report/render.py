@@ -98,6 +98,8 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
     coldstart, coldstart_notes = plot_lib.coldstart_plots(run, metric, styles)
     realtime, realtime_notes = plot_lib.realtime_plots(run, styles)
     systems = tables.systems_tables(run)
+    paired = tables.paired_comparisons(run, boards)
+    losses = plot_lib.loss_plots(run, styles)
     metric_docs = []
     for key in available:
         name = key.split("@")[0]
@@ -123,6 +125,7 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
         "tradeoff": tradeoff, "coldstart": coldstart, "coldstart_notes": coldstart_notes,
         "realtime": realtime, "realtime_notes": realtime_notes, "realtime_tables": tables.realtime_tables(run),
         "systems": systems, "models": tables.model_details(run),
+        "paired": paired, "paired_method": tables.PAIRED_METHOD, "losses": losses, "loss_table": tables.loss_table(run),
         "model_index": {m: i for i, m in enumerate(run.model_order())}, "metric_docs": metric_docs,
         "css": _css(), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "isfinite": math.isfinite,
@@ -149,7 +152,7 @@ def write_report(run_dir: Path, *, compare: Path | None = None, out: Path | None
     md_path = html_path.with_suffix(".md")
     summary = leaderboard_markdown(context["boards"], suite=run.suite, run_id=run.run_id, headline=metric,
                                    html_name=html_path.name, compare_id=other.run_id if other else None,
-                                   which=context["which"])
+                                   which=context["which"], paired=context["paired"], losses=context["loss_table"])
     written = [html_path] + ([md_path] if markdown else [])
     atomic_write_bytes(html_path, text.encode("utf-8"))
     if markdown:

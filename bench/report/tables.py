@@ -490,6 +490,94 @@ def same_users_table(board: Leaderboard) -> SameUsers | None:
     return SameUsers(n_users, models, columns, cells) if len(models) > 1 else None
 
 
+# -- paired comparisons ([[models]] paired_with) ------------------------------------------
+
+PAIRED_METHOD = ("per-user differences on the (seed, user) pairs both models scored, each user averaged over "
+                 "its seeds: mean difference, 95% percentile bootstrap CI of it (1000 resamples of users), "
+                 "two-sided paired t-test (scipy.stats.ttest_rel); one planned comparison per pair, so no "
+                 "multiple-comparison correction")
+PAIRED_RESAMPLES = 1000
+
+
+@dataclass
+class PairedRow:
+    column: str
+    model: float  # mean over the paired users
+    reference: float
+    diff: float  # model - reference
+    ci_low: float
+    ci_high: float
+    p: float
+
+
+@dataclass
+class PairedComparison:
+    """One model against the model it names in ``paired_with``, on one leaderboard's users."""
+
+    board: Leaderboard
+    model: str
+    reference: str
+    n_users: int  # users both scored (the test's n)
+    n_model: int  # users each scored: equal to n_users when the two arms saw the same users
+    n_reference: int
+    rows: list[PairedRow]
+
+    @property
+    def same_users(self) -> bool:
+        return self.n_model == self.n_reference == self.n_users
+
+
+def paired_comparisons(run: RunData, boards: list[Leaderboard]) -> list[PairedComparison]:
+    """For each ``paired_with`` pair of the suite and each leaderboard both models are on: the paired
+    difference of every per-user column (bench.stats: users paired by (seed, user), seeds averaged)."""
+    pairs = [(m.get("label") or m.get("name"), m["paired_with"]) for m in run.config.get("models", [])
+             if m.get("paired_with")]
+    out = []
+    for board in boards:
+        for model, reference in pairs:
+            a, b = board.values.get(model), board.values.get(reference)
+            if a is None or b is None:
+                continue
+            columns = [c.key for c in board.columns if c.per_user and c.key in a.columns and c.key in b.columns]
+            if not columns:
+                continue
+            users, ma, mb = paired_user_means(a.keys, a.values[:, [a.columns.index(c) for c in columns]],
+                                              b.keys, b.values[:, [b.columns.index(c) for c in columns]])
+            diff = ma - mb
+            low, high = bootstrap_ci(diff, PAIRED_RESAMPLES, seed=0)
+            pvalues = paired_ttest_pvalues(ma, mb)
+            rows = [PairedRow(c, float(ma[:, j].mean()), float(mb[:, j].mean()), float(diff[:, j].mean()),
+                              float(low[j]), float(high[j]), float(pvalues[j]))
+                    for j, c in enumerate(columns)] if users.size else []
+            n_a = int(average_over_seeds(a.keys, np.zeros(a.keys.size))[0].size)
+            n_b = int(average_over_seeds(b.keys, np.zeros(b.keys.size))[0].size)
+            out.append(PairedComparison(board, model, reference, int(users.size), n_a, n_b, rows))
+    return out
+
+
+def loss_table(run: RunData, blocks: int = 8) -> FigureTable | None:
+    """The fine-tuning loss of every fitted model that kept one (``describe()["training"]["loss_curve"]``):
+    the mean loss over ``blocks`` equal runs of steps, first to last, so a curve fits in a table row."""
+    rows = []
+    for cell in sorted(run.cells.values(), key=lambda c: (str(c.get("dataset")), split_rank(run, str(c.get("split"))),
+                                                          str(c.get("model")), int(c.get("seed", 0)))):
+        curve = ((cell.get("model_description") or {}).get("training") or {}).get("loss_curve") or []
+        if not curve:
+            continue
+        parts = np.array_split(np.asarray(curve, dtype=np.float64), min(blocks, len(curve)))
+        spans, start = [], 1
+        for part in parts:
+            spans.append(f"{fmt(float(part.mean()), 3)} ({start}–{start + len(part) - 1})")
+            start += len(part)
+        rows.append([str(cell.get("model")), f"{cell.get('dataset')} · {cell.get('split')} · seed {cell.get('seed')}",
+                     str(len(curve))] + spans + [""] * (blocks - len(spans)))
+    if not rows:
+        return None
+    return FigureTable("Fine-tuning loss", ["model", "cell", "steps"] + [f"block {i + 1}" for i in range(blocks)],
+                       rows, note="mean training loss over equal blocks of steps (the steps in parentheses); "
+                                  "every step's loss is in cell.json, model_description.training.loss_curve")
+
+
 def split_rank(run: RunData, split: str) -> int:
     """Position of a split kind in the suite file (report order follows the suite)."""
     kinds = [s.get("kind") for s in run.config.get("splits", [])]
