@@ -13,7 +13,7 @@ caches are registered with :func:`bench.systems.register_process_cache`, so ever
 cell records whether its fit found them warm (``caches_warm`` in cell.json).
 A GGUF checkpoint is de-quantised once and kept on disk as float32 safetensors
 (:func:`cached_conversion`, :mod:`bench.diskcache`), so a new process reads it
-in about a second instead of converting it again (``disk_caches`` in cell.json).
+in seconds instead of converting it again (``disk_caches`` in cell.json).
 """
 
 from __future__ import annotations
