@@ -157,7 +157,7 @@ def test_converted_checkpoint_round_trips_and_a_corrupt_one_is_rebuilt(capsys: p
 
 def test_cells_record_disk_cache_miss_then_hit(tmp_path: Path) -> None:
     """A fit that reads a disk cache entry records "miss" in the run that built it and "hit" in the next run,
-    in its own cell process: the runner hands the run's cache folder to every cell."""
+    in the cell's process: the runner hands the run's cache folder to every cell."""
     from baselines.simple import Pop
     from bench import registry
 
@@ -168,27 +168,33 @@ def test_cells_record_disk_cache_miss_then_hit(tmp_path: Path) -> None:
             diskcache.cached("test-weights", {"v": 1}, lambda f: write(f, "1"), lambda f: f.is_dir(), "test")
             super().fit(train)
 
-    if DiskCachedPop.name not in registry.models:
-        registry.models.register(DiskCachedPop.name, DiskCachedPop)
-    suite = {"name": "tiny", "execution": {"isolation": "none"},
-             "evaluation": {"k": [5], "bootstrap": 0, "systems": {"enabled": False}},
-             "datasets": [{"name": "synthetic", "params": {"n_users": 60, "n_items": 40, "n_interactions": 900}}],
-             "splits": [{"kind": "random"}], "models": [{"name": DiskCachedPop.name}, {"name": "pop"}]}
-    home = tmp_path / "home"
-    diskcache.use_root(None)  # the runner, not the test, decides where the cache lives
-    records = []
-    for out in ("first", "second"):
-        summary = run_suite(parse_suite(suite, "test"), out_root=tmp_path / out, data=DataOptions(cache_dir=home),
-                            progress=None)
-        cells = {c["model"]: c for c in (json.loads(p.read_text()) for p in summary.run_dir.glob("cells/*/cell.json"))}
-        frame, _ = load_results(summary.run_dir)
-        row = frame[frame["metric"] == "fit_disk_caches_hit"]
-        assert row["model"].tolist() == [DiskCachedPop.name]  # pop reads no disk cache: no row
-        assert cells["pop"]["disk_caches"] is None
-        records.append((cells[DiskCachedPop.name]["disk_caches"], float(row["value"].iloc[0])))
-    assert records == [({"test-weights": "miss"}, 0.0), ({"test-weights": "hit"}, 1.0)]
-    assert (home / "test-weights").is_dir()
-    assert np.isfinite(frame[frame["metric"] == "ndcg"]["value"]).all()
+    # registered for this test only: a local class left in the registry breaks later tests that pickle it
+    # (the Ray executor ships every registered model to its workers)
+    registry.models.register(DiskCachedPop.name, DiskCachedPop)
+    try:
+        suite = {"name": "tiny", "execution": {"isolation": "none"},
+                 "evaluation": {"k": [5], "bootstrap": 0, "systems": {"enabled": False}},
+                 "datasets": [{"name": "synthetic", "params": {"n_users": 60, "n_items": 40, "n_interactions": 900}}],
+                 "splits": [{"kind": "random"}], "models": [{"name": DiskCachedPop.name}, {"name": "pop"}]}
+        home = tmp_path / "home"
+        diskcache.use_root(None)  # the runner, not the test, decides where the cache lives
+        records = []
+        for out in ("first", "second"):
+            summary = run_suite(parse_suite(suite, "test"), out_root=tmp_path / out, data=DataOptions(cache_dir=home),
+                                progress=None)
+            infos = (json.loads(p.read_text()) for p in summary.run_dir.glob("cells/*/cell.json"))
+            cells = {c["model"]: c for c in infos}
+            frame, _ = load_results(summary.run_dir)
+            row = frame[frame["metric"] == "fit_disk_caches_hit"]
+            assert row["model"].tolist() == [DiskCachedPop.name]  # pop reads no disk cache: no row
+            assert cells["pop"]["disk_caches"] is None
+            records.append((cells[DiskCachedPop.name]["disk_caches"], float(row["value"].iloc[0])))
+        assert records == [({"test-weights": "miss"}, 0.0), ({"test-weights": "hit"}, 1.0)]
+        assert (home / "test-weights").is_dir()
+        assert np.isfinite(frame[frame["metric"] == "ndcg"]["value"]).all()
+    finally:
+        registry.models._objects.pop(DiskCachedPop.name, None)
+        registry.models._origin.pop(DiskCachedPop.name, None)
 
 
 def test_pretrained_item_encodings_are_computed_once_per_machine(cache_home: Path) -> None:

@@ -96,7 +96,8 @@ def leaderboard_markdown(boards: list[Leaderboard], *, suite: str, run_id: str, 
             lines += [f"| {md_escape(r.column)} | {fmt(r.model)} | {fmt(r.reference)} | {r.diff:+.4f} | "
                       f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {fmt(r.p, 3)} |" for r in pc.rows]
     if losses is not None:
-        lines += ["", f"### {md_escape(losses.title)}", "", "| " + " | ".join(md_escape(h) for h in losses.headers) + " |",
+        header = "| " + " | ".join(md_escape(h) for h in losses.headers) + " |"
+        lines += ["", f"### {md_escape(losses.title)}", "", header,
                   "|---|---|" + "---:|" * (len(losses.headers) - 2)]
         lines += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in losses.rows]
         lines += ["", f"_{md_escape(losses.note)}_"]

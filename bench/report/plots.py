@@ -465,6 +465,7 @@ def loss_plots(run: RunData, styles: dict[str, Style]) -> list[Plot]:
         figure_legend(fig, handles, labels)
         plots.append(Plot(f"{dataset} · {split}: fine-tuning loss", to_uri(fig),
                           f"training loss per step on {dataset} {split}",
-                          f"thin: each step's loss; thick: moving mean over {', '.join(map(str, sorted(set(windows))))} "
+                          f"thin: each step's loss; thick: moving mean over "
+                          f"{', '.join(map(str, sorted(set(windows))))} "
                           f"steps (cell.json model_description.training.loss_curve)"))
     return plots
