@@ -146,6 +146,6 @@ def test_every_built_in_suite_loads_and_plans_cells():
         else:
             assert plan_cells(load_suite(name)), name
     coldstart = {m.label: m for m in load_suite("coldstart").models}
-    # the language-model recommenders join coldstart; the two slow LMs on a shared 50-user sample
+    # the language-model recommenders join coldstart; the two slow LMs on a shared 20-user sample
     assert {"text-embed", "text-twotower", "llm-rerank", "llm-generate"} <= set(coldstart)
-    assert coldstart["llm-rerank"].max_test_users == coldstart["llm-generate"].max_test_users == 50
+    assert coldstart["llm-rerank"].max_test_users == coldstart["llm-generate"].max_test_users == 20
