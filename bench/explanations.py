@@ -10,6 +10,10 @@ segment (``k = 0``, ``n`` = the number of reasons, bootstrap CI over users):
 ``explanation_grounding``
     share of reasons that name (a) an item of the user's history, by a title
     variant, or (b) a genre or tag of the recommended item.
+``explanation_history_grounding``
+    share of reasons that name an item of the user's history (part (a) alone).
+    The prompt shows the recommended item's genres, so (b) is cheap to earn by
+    copying them; naming the right history item is the harder half.
 ``explanation_hallucination``
     share of reasons with at least one *item mention* that matches no catalogue
     title.
@@ -36,7 +40,15 @@ guillemets) that starts with a capital letter or a digit, and (2) a run of title
 words before a parenthesised year, ``Toy Story (1995)``, the catalogue's own
 style. A mention matches the catalogue when its normalised form, or the form of
 any of its word suffixes (so ``"Like Toy Story (1995)"`` matches Toy Story),
-equals a title variant; a quoted genre or tag name is not an item mention.
+equals a title variant; for a year mention the suffixes are taken over the
+:data:`CONTEXT_WORDS` words before the year, so inner punctuation
+("Mockingjay - Part 1 (2014)") cannot cut a real title short. The year itself
+is not compared (a real title with a wrong year is not counted). A quoted genre
+or tag name is not an item mention.
+
+History grounding ignores the recommended item's own title: its variants are
+blanked out of the reason first ("Underworld: Awakening" does not name the
+history's "Underworld").
 
 Limits, said plainly: a title named without quotes or year ("you liked Star
 Wars") is counted for grounding but never as a hallucination, so the rate is a
@@ -56,6 +68,7 @@ import numpy as np
 
 from bench.metrics import Metric
 
+EXPLAIN_SECONDS = "explain_seconds"  # the k=0 row of the time a segment's reasons took (outside recommend timers)
 MIN_TITLE_CHARS = 4
 TAG_PREFIX = "tok:tag="  # item_feature_names entries of tags (bench.data.parsers, ml-latest)
 _ARTICLES = r"the|a|an|les|la|le|l'|il|el|das|der|die|den|det"
@@ -67,7 +80,8 @@ _QUOTED = re.compile(r'"([^"\n]{2,120})"|“([^”\n]{2,120})”|«\s*([^»\n]{2
 _YEAR_MENTION = re.compile(r"\((\d{4})\)")
 # words a title may contain in lower case ("Lord of the Rings"); a mention walks back over them
 _CONNECTORS = {"of", "the", "a", "an", "and", "in", "on", "to", "for", "at", "with", "from", "de", "la", "le", "du",
-               "des", "et", "or", "vs", "is", "&"}
+               "des", "et", "or", "vs", "is", "&", "-", "–", "—"}
+CONTEXT_WORDS = 15  # words before a "(1995)" that a year mention's catalogue lookup reads
 
 
 def normalise(text: str) -> str:
@@ -118,20 +132,25 @@ def words(reason: str) -> int:
     return sum(1 for token in reason.split() if any(c.isalnum() for c in token))
 
 
-def mentions(reason: str) -> list[str]:
-    """Item mentions in a reason: capitalised quoted text, and title words before a "(1995)" year."""
+def _mention_spans(reason: str) -> list[tuple[str, str]]:
+    """(the mention as shown, the text its catalogue lookup reads) for every item mention of a reason.
+
+    A year mention's lookup text is the whole line before the year (up to :data:`CONTEXT_WORDS` words),
+    so a title with inner punctuation ("L.A. Confidential (1997)", "Mockingjay - Part 1 (2014)") is
+    found by its word suffixes even where the shown span stops early.
+    """
     found = []
     for match in _QUOTED.finditer(reason):
         text = next(g for g in match.groups() if g is not None).strip()
         if text and (text[0].isupper() or text[0].isdigit()):
-            found.append(text)
+            found.append((text, text))
     for match in _YEAR_MENTION.finditer(reason):
-        before = reason[:match.start()].rstrip()
-        before = re.split(r'[.;:!?"“”«»()\n]', before)[-1]  # a mention never crosses a sentence or a quote
-        tokens = before.split()
+        line = reason[:match.start()].rstrip().split("\n")[-1]
+        context = " ".join(line.split()[-CONTEXT_WORDS:]) + f" ({match.group(1)})"
+        tokens = re.split(r'[.;!?"“”«»()]', line)[-1].split()  # the shown span stays within a sentence
         start = len(tokens)
         while start > 0:
-            word = tokens[start - 1].strip(",'’")
+            word = tokens[start - 1].strip(",:'’")
             if word and (word[0].isupper() or word[0].isdigit() or word.lower() in _CONNECTORS):
                 start -= 1
             else:
@@ -139,8 +158,13 @@ def mentions(reason: str) -> list[str]:
         while start < len(tokens) and tokens[start].lower() in _CONNECTORS:
             start += 1
         if start < len(tokens):
-            found.append(" ".join(tokens[start:]) + f" ({match.group(1)})")
+            found.append((" ".join(tokens[start:]) + f" ({match.group(1)})", context))
     return found
+
+
+def mentions(reason: str) -> list[str]:
+    """Item mentions in a reason: capitalised quoted text, and title words before a "(1995)" year."""
+    return [shown for shown, _ in _mention_spans(reason)]
 
 
 @dataclass
@@ -193,17 +217,24 @@ class Catalogue:
 def check(reason: str, item: int, history: Sequence[int], catalogue: Catalogue) -> dict[str, Any]:
     """The verdicts on one reason for ``item``: grounded (and by what), hallucinated (and which mentions), words."""
     norm = normalise(reason)
+    # the recommended item's own title is no evidence about the history ("Underworld: Awakening" names
+    # the history's "Underworld" only lexically): its variants are blanked out, longest first
+    own = norm
+    for variant in sorted(catalogue.variants[int(item)], key=len, reverse=True):
+        own = f" {own} ".replace(f" {variant} ", " | ").strip()
     grounded_by = []
     for h in dict.fromkeys(int(x) for x in history):
-        if any(names(norm, v) for v in catalogue.variants[h]):
+        if any(names(own, v) for v in catalogue.variants[h]):
             grounded_by.append(f"history: {catalogue.titles[h]}")
+    by_history = bool(grounded_by)
     for term, forms in catalogue.terms[int(item)].items():
         if any(names(norm, f) for f in forms):
             grounded_by.append(f"genre/tag: {term}")
-    unknown = [m for m in mentions(reason)
-               if not catalogue.in_catalogue(m) and normalise(m) not in catalogue.all_terms]
+    unknown = [shown for shown, lookup in _mention_spans(reason)
+               if not catalogue.in_catalogue(lookup) and normalise(shown) not in catalogue.all_terms]
     grounded_by = list(dict.fromkeys(grounded_by))  # two catalogue ids may share a title (ml-100k has such pairs)
-    return {"grounded": bool(grounded_by), "grounded_by": grounded_by, "hallucinated": bool(unknown),
+    return {"grounded": bool(grounded_by), "grounded_by": grounded_by, "history_grounded": by_history,
+            "hallucinated": bool(unknown),
             "unknown_mentions": unknown, "words": words(reason)}
 
 
@@ -227,8 +258,8 @@ def records(reasons: list[tuple[int, int, str]], users: np.ndarray, items: np.nd
     return out
 
 
-METRIC_FIELDS = {"explanation_grounding": "grounded", "explanation_hallucination": "hallucinated",
-                 "explanation_length": "words"}
+METRIC_FIELDS = {"explanation_grounding": "grounded", "explanation_history_grounding": "history_grounded",
+                 "explanation_hallucination": "hallucinated", "explanation_length": "words"}
 
 
 def summarise(recs: list[dict[str, Any]], n_resamples: int, seed: int) -> dict[str, tuple[float, float, float, int]]:
@@ -264,6 +295,8 @@ def _from_explanations(_inputs: Any, _k: int) -> np.ndarray:
 _NEEDS = "explanations"
 GROUNDING = Metric("explanation_grounding", _from_explanations, True, _NEEDS, True,
                    "share of reasons naming a history item (title variant) or a genre/tag of the recommended item")
+HISTORY_GROUNDING = Metric("explanation_history_grounding", _from_explanations, True, _NEEDS, True,
+                           "share of reasons naming an item of the user's history (title variant)")
 HALLUCINATION = Metric("explanation_hallucination", _from_explanations, False, _NEEDS, True,
                        "share of reasons with an item mention (capitalised quote, or words before '(YYYY)') "
                        "that matches no catalogue title")

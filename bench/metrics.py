@@ -417,5 +417,6 @@ def compute(inputs: EvalInputs, metric_names: list[str], ks: list[int]) -> Metri
 
 
 # Scored from a model's reasons, not from top-k lists; registered here so `bench list metrics` shows them.
-for _name in ("explanation_grounding", "explanation_hallucination", "explanation_length"):
-    registry.metrics.add_lazy(_name, f"bench.explanations:{_name.split('_')[1].upper()}")
+for _name, _record in (("explanation_grounding", "GROUNDING"), ("explanation_history_grounding", "HISTORY_GROUNDING"),
+                       ("explanation_hallucination", "HALLUCINATION"), ("explanation_length", "LENGTH")):
+    registry.metrics.add_lazy(_name, f"bench.explanations:{_record}")

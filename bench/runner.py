@@ -384,7 +384,7 @@ class CellRunner:
         segment = data.segment.name
         self.rundir.write_explanations(cid, segment, recs)
         segment_info["explanations"] = {"reasons": len(recs), "seconds": seconds}
-        rows = [self.system_row(base, segment, "explain_seconds", seconds) | {"n": len(recs)}]
+        rows = [self.system_row(base, segment, explanations.EXPLAIN_SECONDS, seconds) | {"n": len(recs)}]
         figures = explanations.summarise(recs, self.config.evaluation.bootstrap, self.seed)
         for name, (value, low, high, n) in figures.items():
             rows.append(self.system_row(base, segment, name, value) | {"ci_low": low, "ci_high": high, "n": n})

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 EXPLAIN_PARAMS: dict[str, Any] = {
     "explain_users": 2,  # users per segment whose lists are explained (0 = none)
-    "explain_items": 2,  # top items of each explained list
+    "explain_items": 1,  # top items of each explained list
     "explain_max_new_tokens": 32,  # tokens generated per reason (greedy)
 }
 RECOMMENDED_CHARS = 200  # characters of the recommended item's text in the prompt

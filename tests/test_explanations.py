@@ -21,17 +21,20 @@ from bench.errors import ConfigError
 TEXTS = ["Toy Story (1995). Genres: Animation, Comedy",
          "Usual Suspects, The (1995). Genres: Crime, Thriller",
          "Heat (1995). Genres: Action",
-         "City of Lost Children, The (Cité des enfants perdus, La) (1995). Genres: Sci-Fi"]
+         "City of Lost Children, The (Cité des enfants perdus, La) (1995). Genres: Sci-Fi",
+         "Underworld (2003). Genres: Action",
+         "Underworld: Awakening (2012). Genres: Action",
+         "The Hunger Games: Mockingjay - Part 1 (2014). Genres: Sci-Fi"]
 GENRES = ["Action", "Animation", "Comedy", "Crime", "Sci-Fi", "Thriller"]
-ITEM_GENRES = [[1, 2], [3, 5], [0], [4]]
+ITEM_GENRES = [[1, 2], [3, 5], [0], [4], [0], [0], [4]]
 
 
 def catalogue() -> ex.Catalogue:
     rows = [i for i, gs in enumerate(ITEM_GENRES) for _ in gs]
     cols = [g for gs in ITEM_GENRES for g in gs]
-    cats = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(4, len(GENRES)))
+    cats = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(TEXTS), len(GENRES)))
     feature_names = ["cat:Action", "tok:tag=heist", "tok:heat"]
-    feats = sp.csr_matrix(([1.0, 1.0, 1.0], ([2, 2, 2], [0, 1, 2])), shape=(4, 3))  # only Heat has the tag
+    feats = sp.csr_matrix(([1.0, 1.0, 1.0], ([2, 2, 2], [0, 1, 2])), shape=(len(TEXTS), 3))  # only Heat has the tag
     return ex.Catalogue.from_side(TEXTS, cats, GENRES, feats, feature_names)
 
 
@@ -80,12 +83,19 @@ def test_mentions_are_capitalised_quotes_and_titles_before_a_year() -> None:
     # a history item named twice (and listed twice) is one ground
     ("Toy Story and toy story again.", 3, [0, 0], ["history: Toy Story (1995)"], [], 6),
     ("", 0, [1], [], [], 0),
+    # the recommended item's own title holds a history title: no history ground, only the genre
+    ("Underworld: Awakening is more action.", 5, [4], ["genre/tag: Action"], [], 5),
+    ("After Underworld, Underworld: Awakening.", 5, [4], ["history: Underworld (2003)"], [], 4),
+    # inner punctuation cuts the shown span short; the lookup reads the words before the year
+    ("The Hunger Games: Mockingjay - Part 1 (2014) is epic.", 0, [], [], [], 9),  # "-" is no word
+    ("then watch Mockingjay - Part 9 (2014) next.", 0, [], [], ["Mockingjay - Part 9 (2014)"], 7),
 ])
 def test_verdicts_hand_worked(reason: str, item: int, history: list[int], grounded_by: list[str],
                               unknown: list[str], n_words: int) -> None:
     verdict = ex.check(reason, item, history, catalogue())
-    assert verdict == {"grounded": bool(grounded_by), "grounded_by": grounded_by, "hallucinated": bool(unknown),
-                       "unknown_mentions": unknown, "words": n_words}
+    assert verdict == {"grounded": bool(grounded_by), "grounded_by": grounded_by,
+                       "history_grounded": any(g.startswith("history: ") for g in grounded_by),
+                       "hallucinated": bool(unknown), "unknown_mentions": unknown, "words": n_words}
 
 
 def test_summary_is_the_share_of_reasons_with_a_cluster_bootstrap_over_users() -> None:
@@ -101,6 +111,7 @@ def test_summary_is_the_share_of_reasons_with_a_cluster_bootstrap_over_users() -
     # users drawn with replacement: {5, 5} -> 1/2, {9, 9} -> 1, mixed -> 2/3: every bound lies in [1/2, 1]
     assert 0.5 <= low <= value <= high <= 1.0
     assert figures["explanation_hallucination"][0] == pytest.approx(1 / 3)
+    assert figures["explanation_history_grounding"][0] == 0.0  # histories [Usual Suspects], [Heat]: never named
     assert figures["explanation_length"][0] == pytest.approx((3 + 2 + 5) / 3)
     assert ex.summarise([], 100, 0) == {}
 
@@ -119,6 +130,7 @@ def test_metrics_are_listed_and_refused_as_top_k_metrics(tmp_path: Path) -> None
 
     listed = list_metrics().set_index("name")
     assert listed.loc["explanation_grounding", "direction"] == "higher is better"
+    assert listed.loc["explanation_history_grounding", "direction"] == "higher is better"
     assert listed.loc["explanation_hallucination", "direction"] == "lower is better"
     assert listed.loc["explanation_length", "direction"] == "descriptive"
     suite = tmp_path / "s.toml"
@@ -229,7 +241,8 @@ def test_run_stores_scores_and_reports_explanations(tmp_path: Path) -> None:
             assert rows.empty
             continue
         (records,) = stored.values()
-        assert set(rows["metric"]) == {"explanation_grounding", "explanation_hallucination", "explanation_length"}
+        assert set(rows["metric"]) == {"explanation_grounding", "explanation_history_grounding",
+                                       "explanation_hallucination", "explanation_length"}
         assert (rows["k"] == 0).all() and (rows["n"] == n).all()
         # the rows are the stored verdicts' means
         value = rows.set_index("metric")["value"]

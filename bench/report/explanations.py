@@ -14,13 +14,12 @@ from typing import Any
 
 import pandas as pd
 
-from bench.explanations import METRIC_FIELDS
+from bench.explanations import EXPLAIN_SECONDS, METRIC_FIELDS
 from bench.report import units
 from bench.report.rundata import RunData
 from bench.report.tables import fmt, segment_sort_key, split_rank
 from bench.rundir import RunDir
 
-EXPLAIN_SECONDS = "explain_seconds"
 ROW_NAMES = (*METRIC_FIELDS, EXPLAIN_SECONDS)  # shown here, never as systems figures
 EXAMPLES_PER_MODEL = 4
 
@@ -71,9 +70,11 @@ def explanation_tables(run: RunData) -> list[ExplanationTable]:
                 seconds = seg.loc[EXPLAIN_SECONDS, "value"] if EXPLAIN_SECONDS in seg.index else float("nan")
                 length = fmt(seg.loc["explanation_length", "value"]) if "explanation_length" in seg.index else "–"
                 table.append([model, segment, str(n), cell("explanation_grounding"),
-                              cell("explanation_hallucination"), length, units.seconds(seconds)])
+                              cell("explanation_history_grounding"), cell("explanation_hallucination"), length,
+                              units.seconds(seconds)])
         out.append(ExplanationTable(f"{dataset} · {split} split", ["model", "segment", "reasons", "grounding",
-                                                                  "hallucination", "words", "time"], table))
+                                                                  "of which history", "hallucination", "words",
+                                                                  "time"], table))
     return out
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from bench import registry
+from bench.explanations import EXPLAIN_SECONDS, METRIC_FIELDS
 from bench.metrics import DEFAULT_METRICS
 from bench.report import units
 from bench.report.rundata import RunData
@@ -84,8 +85,8 @@ SERVE_FIGURES: dict[str, str] = {
     "timer_overhead_ns": "timer overhead",
 }
 THROUGHPUT_PREFIX = "throughput_users_per_s@batch="
-NOT_FIGURES = {"error", "explain_seconds", "explanation_grounding", "explanation_hallucination",
-               "explanation_length"}  # explanation rows: the report's Explanations section (bench.report.explanations)
+# explanation rows have the report's Explanations section (bench.report.explanations), not the systems tables
+NOT_FIGURES = {"error", EXPLAIN_SECONDS, *METRIC_FIELDS}
 # bench.realtime's segments: shown in the real-time section, not in leaderboards or systems tables
 REALTIME_SEGMENTS = ("replay:", "update-cost")
 
