@@ -189,6 +189,11 @@ class LMRecommender(Recommender):
                          for row in out[:, width:].cpu().tolist())
         return texts
 
+    @classmethod
+    def check_param_values(cls, params: dict[str, Any]) -> None:
+        """Explanation budgets, checked when a suite is read (bench.config), before any cell runs."""
+        explain_lib.check_params(cls.name, params)
+
     def explains(self) -> bool:
         """Whether this instance writes reasons (subclasses say when); the ``explains`` capability follows it."""
         return False
@@ -269,11 +274,6 @@ class LLMRerank(LMRecommender):
                                          cold_items=stage.cold_items, devices=own.devices,
                                          deterministic=stage.deterministic, nondeterminism=stage.nondeterminism,
                                          explains=self.explains())
-
-    @classmethod
-    def check_param_values(cls, params: dict[str, Any]) -> None:
-        """Explanation budgets, checked when a suite is read (bench.config), before any cell runs."""
-        explain_lib.check_params(cls.name, params)
 
     def explains(self) -> bool:
         """Only on request (``explain = true``): reranking does not need the LM to write anything."""
@@ -416,11 +416,6 @@ class LLMGenerate(LMRecommender):
         super().__init__(**kwargs)
         explain_lib.check_params(self.name, self.params)
         self.capabilities = dataclasses.replace(type(self).capabilities, explains=self.explains())
-
-    @classmethod
-    def check_param_values(cls, params: dict[str, Any]) -> None:
-        """Explanation budgets, checked when a suite is read (bench.config), before any cell runs."""
-        explain_lib.check_params(cls.name, params)
 
     def explains(self) -> bool:
         return self.params["explain_users"] > 0
