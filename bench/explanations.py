@@ -54,7 +54,8 @@ Limits, said plainly: a title named without quotes or year ("you liked Star
 Wars") is counted for grounding but never as a hallucination, so the rate is a
 lower bound; a quoted capitalised phrase that is no title ("Great Fun") counts
 as a hallucinated item; grounding is lexical: a reason that names a history
-item in a false statement is still "grounded".
+item in a false statement is still "grounded", and a one-word title that is a
+common word ("Heat", "Kids") matches its ordinary use.
 """
 
 from __future__ import annotations
