@@ -289,6 +289,10 @@ def _check_metrics_and_protocol(evaluation: EvaluationSpec, source: str) -> None
             _name, own_k = parse_metric_entry(entry)
         except ConfigError as exc:
             raise ConfigError(f"{source}: evaluation.metrics: {exc}") from None
+        if metric_lib.get_metric(_name).needs == "explanations":
+            raise ConfigError(f"{source}: evaluation.metrics entry '{entry}' is not scored from top-k lists: models "
+                              f"that explain write it themselves (llm-generate with explain_users > 0, llm-rerank "
+                              f"with explain = true); remove it from evaluation.metrics")
         if own_k is not None and own_k > k_max:
             raise ConfigError(f"{source}: evaluation.metrics entry '{entry}' asks for k={own_k}, beyond the largest "
                               f"evaluation.k ({k_max}); add {own_k} to evaluation.k")
@@ -318,6 +322,12 @@ def _check_model_params(spec: ModelSpec, where: str, source: str) -> None:
         bad = unknown[0]
         raise ConfigError(f"{source}: {where} has unknown parameter '{bad}' for model '{spec.name}'; "
                           f"{suggest(bad, list(defaults))}valid: {', '.join(sorted(defaults)) or '(none)'}")
+    check_values = getattr(cls, "check_param_values", None)
+    if callable(check_values):  # value rules checked before any cell runs (llm_models: explanation budgets)
+        try:
+            check_values({**defaults, **spec.params})
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {where}: {exc}") from None
 
 
 # -- grids: one model per point (bench.grid runs and selects them) ----------------

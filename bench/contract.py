@@ -19,7 +19,7 @@ user the same kind of list (pop, random) declare ``personalised=False``. The
 test class cannot opt out: what is checked follows what the model claims.
 
 A test for a capability the model does not declare (cold users, cold items,
-incremental update, determinism, personalisation) is *skipped* with the reason,
+incremental update, determinism, personalisation, explanations) is *skipped* with the reason,
 never reported as passed.
 """
 
@@ -170,6 +170,18 @@ class RecommenderContract:
         items, _ = self.check(model, items, scores, 2, 2, candidates=candidates)
         if caps.personalised:  # item 4 is even, item 5 odd: each user's own parity first
             assert items[0, 0] == 4 and items[1, 0] == 5, items
+
+    def test_explanations_point_into_the_lists(self) -> None:
+        """A model claiming ``explains`` returns (row, rank, text) within the lists it was given, rows in order."""
+        self.require("explains")
+        model, train = self.fitted()
+        users = np.arange(4)
+        items, _ = model.recommend(users, 3, exclude=train.matrix[users])
+        reasons = model.explain(users, np.asarray(items))
+        assert reasons, "claims explains but wrote no reason"
+        for row, rank, text in reasons:
+            assert 0 <= row < len(users) and 0 <= rank < 3 and isinstance(text, str), (row, rank, text)
+        assert [r[:2] for r in reasons] == sorted(r[:2] for r in reasons)
 
     def test_incremental_update(self) -> None:
         self.require("update")

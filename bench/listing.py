@@ -209,7 +209,8 @@ def list_metrics() -> pd.DataFrame:
     rows = []
     for name in registry.metrics.names():
         m = get_metric(name)
-        rows.append({"name": name, "direction": "higher is better" if m.higher_is_better else "lower is better",
+        direction = {True: "higher is better", False: "lower is better"}.get(m.higher_is_better, "descriptive")
+        rows.append({"name": name, "direction": direction,
                      "formula": m.description, "needs": m.needs, "per_user": m.per_user,
                      "variant_of": getattr(m, "variant_of", "")})
     return pd.DataFrame(rows, columns=["name", "direction", "formula", "needs", "per_user", "variant_of"])

@@ -77,8 +77,8 @@ class Metric:
 
     name: str
     fn: Callable[[EvalInputs, int], np.ndarray]  # per-user values, or a 1-element array if aggregate
-    higher_is_better: bool
-    needs: str = "topk"  # "topk", "popularity", "categories"
+    higher_is_better: bool | None  # None: descriptive, no better direction (explanation_length)
+    needs: str = "topk"  # "topk", "popularity", "categories", "explanations" (written by the runner, bench.explanations)
     per_user: bool = True
     description: str = ""
     variant_of: str = ""  # for a named variant such as "map[denominator=test]": its base metric, "map"
@@ -403,6 +403,8 @@ def compute(inputs: EvalInputs, metric_names: list[str], ks: list[int]) -> Metri
             continue  # the dataset has no categories: the metric is undefined, not zero
         if metric.needs == "value" and (inputs.item_value is None or inputs.relevant_value is None):
             continue  # no item values (no price column): revenue is undefined, not zero
+        if metric.needs == "explanations":
+            continue  # not from top-k lists: the runner scores a model's reasons (bench.explanations)
         out = metric.fn(inputs, k)
         columns.append((name, k))
         if metric.per_user:
@@ -412,3 +414,9 @@ def compute(inputs: EvalInputs, metric_names: list[str], ks: list[int]) -> Metri
             values.append(np.full(inputs.n_users, np.nan))
     per_user = np.column_stack(values) if values else np.zeros((inputs.n_users, 0))
     return MetricTable(columns, per_user, aggregate)
+
+
+# Scored from a model's reasons, not from top-k lists; registered here so `bench list metrics` shows them.
+for _name, _record in (("explanation_grounding", "GROUNDING"), ("explanation_history_grounding", "HISTORY_GROUNDING"),
+                       ("explanation_hallucination", "HALLUCINATION"), ("explanation_length", "LENGTH")):
+    registry.metrics.add_lazy(_name, f"bench.explanations:{_record}")

@@ -35,6 +35,7 @@ class Capabilities:
     # Lists depend on the user's own interactions. Floors (pop, random) say False; every model that
     # says True must pass the contract's known-answer checkerboard test (bench.contract).
     personalised: bool = True
+    explains: bool = False  # writes a one-sentence reason for some listed items (explain(), bench.explanations)
 
     def supports(self, need: str) -> bool:
         """Whether a segment needing ``need`` (see bench.splits.Segment) can be served."""
@@ -284,6 +285,16 @@ class Recommender:
         kept). Models that rank every position they return keep this default.
         """
         return k
+
+    def explain(self, user_ids: np.ndarray, items: np.ndarray, *,
+                history: list[np.ndarray] | None = None) -> list[tuple[int, int, str]]:
+        """Reasons for some of the listed ``items[row, rank]`` (capability ``explains``): ``(row, rank, text)``.
+
+        Called once per segment after its lists are made and timed (never inside the recommend timers),
+        with the same users and history; the model's own budget decides how many rows and ranks it
+        explains. The runner stores and scores the reasons (bench.explanations).
+        """
+        raise NotImplementedError(f"model '{self.name}' does not explain its recommendations")
 
     def update(self, new: TrainData) -> None:
         """Absorb new interactions without a full refit (capability ``update``)."""

@@ -14,6 +14,8 @@ lives in one place. Layout of ``reports/runs/<run>/``::
     cells/<cell-id>/topk-<seg>.npz  raw lists: users, items[n, k_max], scores[n, k_max]
     cells/<cell-id>/per_user-<seg>.npz  per-user metric values: users, values[n, c], columns
     cells/<cell-id>/realtime.json   prequential replay traces (bench.realtime)
+    cells/<cell-id>/explanations-<seg>.jsonl  a model's reasons, one JSON object a line, with the
+                                    verdicts of bench.explanations (models with capability ``explains``)
 
 Every write is atomic (a temporary file in the same folder, then a rename), so a
 killed run never leaves a half-written file, only finished ones.
@@ -43,6 +45,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 CELL = "cell.json"
 REALTIME = "realtime.json"
+EXPLANATIONS = "explanations"
 
 
 # -- crash-safe writing ------------------------------------------------------------------
@@ -329,6 +332,22 @@ class RunDir:
 
     def read_realtime(self, cell_id: str) -> dict[str, Any] | None:
         return _read_json(self.cell_dir(cell_id) / REALTIME)
+
+
+    def write_explanations(self, cell_id: str, segment: str, records: list[dict[str, Any]]) -> None:
+        """One JSON object per line (UTF-8, non-ASCII kept): readable with ``jq`` or pandas.read_json(lines=True)."""
+        text = "".join(json.dumps(_clean(r), ensure_ascii=False, sort_keys=True, default=_json_default) + "\n"
+                       for r in records)
+        atomic_write_bytes(self.cell_dir(cell_id) / f"{EXPLANATIONS}-{segment}.jsonl", text.encode("utf-8"))
+
+    def read_explanations(self, cell_id: str) -> dict[str, list[dict[str, Any]]]:
+        """segment -> the reasons stored for it (empty when the cell explained nothing)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        prefix = f"{EXPLANATIONS}-"
+        for path in sorted(self.cell_dir(cell_id).glob(f"{prefix}*.jsonl")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            out[path.stem[len(prefix):]] = [json.loads(line) for line in lines if line.strip()]
+        return out
 
 
 def runs_under(folder: Path) -> Iterator[RunDir]:

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from bench import metrics as metric_lib
 from bench import protocols as eval_protocols
-from bench import diskcache, grid, provenance, realtime, registry, systems
+from bench import diskcache, explanations, grid, provenance, realtime, registry, systems
 from bench import progress as cell_progress  # lines from inside a cell; `progress` is run_suite's callback
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.data.dataset import side_info, train_data  # noqa: F401  (re-exported: runner.train_data)
@@ -185,6 +185,7 @@ class CellRunner:
         # progress lines from inside the cell (bench.progress): set by run_suite when the caller shows progress
         self.progress_label: str = ""
         self.progress_interval: float = 0.0
+        self._catalogue: explanations.Catalogue | None = None  # titles and genres, built when a model explains
 
     def base_row(self, mspec: ModelSpec, params: dict[str, Any], cid: str) -> dict[str, Any]:
         return {
@@ -359,7 +360,35 @@ class CellRunner:
         warning = tied_list_warning(scores)
         if warning:
             info["segments"][segment.name]["warnings"] = [warning]
+        rows.extend(self.explain_segment(model, data, items, base, cid, info["segments"][segment.name]))
         rows.extend(self.measure_serving(model, data, k_max, base, info["segments"][segment.name]))
+        return rows
+
+    def explain_segment(self, model: Recommender, data: SegmentData, items: np.ndarray, base: dict[str, Any],
+                        cid: str, segment_info: dict[str, Any]) -> list[dict[str, Any]]:
+        """A model's reasons for its lists (capability ``explains``), outside the recommend timers: stored in
+        the cell folder with their verdicts and scored as k=0 rows (bench.explanations)."""
+        if not model.capabilities.explains:
+            return []
+        start = time.perf_counter()
+        reasons = model.explain(data.users, items, history=data.history)
+        seconds = time.perf_counter() - start
+        matrix = self.train.matrix
+        histories = (data.history if data.history is not None
+                     else [matrix.indices[matrix.indptr[u]:matrix.indptr[u + 1]] for u in data.users])
+        if self._catalogue is None:
+            d = self.dataset
+            self._catalogue = explanations.Catalogue.from_side(d.item_text, d.item_categories, d.category_names,
+                                                               d.item_features, d.item_feature_names)
+        recs = explanations.records(reasons, data.users, items, histories, self._catalogue,
+                                    self.dataset.user_ids, self.dataset.item_ids)
+        segment = data.segment.name
+        self.rundir.write_explanations(cid, segment, recs)
+        segment_info["explanations"] = {"reasons": len(recs), "seconds": seconds}
+        rows = [self.system_row(base, segment, explanations.EXPLAIN_SECONDS, seconds) | {"n": len(recs)}]
+        figures = explanations.summarise(recs, self.config.evaluation.bootstrap, self.seed)
+        for name, (value, low, high, n) in figures.items():
+            rows.append(self.system_row(base, segment, name, value) | {"ci_low": low, "ci_high": high, "n": n})
         return rows
 
     def measure_serving(self, model: Recommender, data: SegmentData, k: int, base: dict[str, Any],

@@ -17,6 +17,7 @@ Prompt shape (shared by training and serving, so they cannot drift apart)::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import warnings
 from typing import Any
@@ -27,6 +28,7 @@ import scipy.sparse as sp
 from bench import progress, registry
 from bench.errors import ConfigError
 from bench.protocol import Capabilities, Recommender, TrainData, mask_and_rank
+from llm_models import explain as explain_lib
 from llm_models import runtime
 
 HEADER = "A user liked these items:\n"
@@ -64,6 +66,7 @@ class LMRecommender(Recommender):
         self.torch = runtime.require_torch(self.name)
         runtime.use_threads(p["num_threads"])
         self.texts = runtime.item_texts(train.side, p["max_chars"])
+        self.full_texts = runtime.item_texts(train.side, 1000)  # explanation prompts: title, genres, tags
         self.histories = train.histories()
         self.n_items = train.n_items
         self.tokenizer, self.lm = runtime.load_lm(p["model_name_or_path"], self.name)
@@ -162,6 +165,49 @@ class LMRecommender(Recommender):
             out.append((int(u), items[:cut], int(items[cut])))
         return out
 
+    # -- generation and explanations ---------------------------------------------------
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int, what: str = "prompts generated for") -> list[str]:
+        """Greedy continuations of token-id prompts, in batches (left padding, as generation needs), decoded;
+        ``what`` names the batches in the cell's progress line (bench.progress)."""
+        torch, p = self.torch, self.params
+        texts: list[str] = []
+        pad_id = self.tokenizer.pad_token_id
+        for part in runtime.batches(len(prompts), p["batch_size"]):
+            progress.step(len(texts), len(prompts), what)
+            batch = prompts[part]
+            width = max(len(x) for x in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, prompt in enumerate(batch):
+                ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+                mask[row, width - len(prompt):] = 1
+            with torch.inference_mode(), runtime.autocast(self.device):
+                out = self.lm.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                       max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                       pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id)
+            texts.extend(self.tokenizer.decode(row, skip_special_tokens=True).strip()
+                         for row in out[:, width:].cpu().tolist())
+        return texts
+
+    @classmethod
+    def check_param_values(cls, params: dict[str, Any]) -> None:
+        """Explanation budgets, checked when a suite is read (bench.config), before any cell runs."""
+        explain_lib.check_params(cls.name, params)
+
+    def explains(self) -> bool:
+        """Whether this instance writes reasons (subclasses say when); the ``explains`` capability follows it."""
+        return False
+
+    def explain(self, user_ids: np.ndarray, items: np.ndarray, *,
+                history: list[np.ndarray] | None = None) -> list[tuple[int, int, str]]:
+        """One-sentence reasons for the top listed items of the first users, by this fitted LM (llm_models.explain)."""
+        if not self.explains():
+            return super().explain(user_ids, items, history=history)
+        runtime.seed_everything(self.seed)
+        out = explain_lib.explain(self, np.asarray(user_ids), np.asarray(items), history)
+        runtime.synchronize(self.device)
+        return out
+
     # -- bookkeeping -------------------------------------------------------------------
     def extra_metrics(self) -> dict[str, float]:
         out = dict(self.counters)
@@ -208,6 +254,8 @@ class LLMRerank(LMRecommender):
         "n_candidates": 20,  # candidates the LM reranks per user
         "negatives_per_positive": 1,  # random non-history items per positive in training
         "share_prefix": True,
+        "explain": False,  # write a one-sentence reason for the top items of a few users (llm_models.explain)
+        **explain_lib.EXPLAIN_PARAMS,
     }
 
     def __init__(self, **kwargs: Any) -> None:
@@ -220,10 +268,16 @@ class LLMRerank(LMRecommender):
             raise ConfigError("model 'llm-rerank': first_stage_params must be a table, e.g. { factors = 64 }")
         stage_device = self.device if self.device.split(":")[0] in stage_cls.capabilities.devices else "cpu"
         self.first_stage: Recommender = stage_cls(seed=self.seed, device=stage_device, **p["first_stage_params"])
+        explain_lib.check_params(self.name, p)
         own, stage = type(self).capabilities, stage_cls.capabilities
         self.capabilities = Capabilities(cold_users=stage.cold_users, cold_users_zero_shot=stage.cold_users_zero_shot,
                                          cold_items=stage.cold_items, devices=own.devices,
-                                         deterministic=stage.deterministic, nondeterminism=stage.nondeterminism)
+                                         deterministic=stage.deterministic, nondeterminism=stage.nondeterminism,
+                                         explains=self.explains())
+
+    def explains(self) -> bool:
+        """Only on request (``explain = true``): reranking does not need the LM to write anything."""
+        return bool(self.params["explain"]) and self.params["explain_users"] > 0
 
     def fit(self, train: TrainData) -> None:
         self.prepare(train)
@@ -355,7 +409,16 @@ class LLMGenerate(LMRecommender):
         "max_new_tokens": 24,
         "matcher_name_or_path": runtime.DEFAULT_ENCODER,  # text encoder that maps generated text to items
         "matcher_max_length": 64,
+        **explain_lib.EXPLAIN_PARAMS,  # always on, within a small budget (explain_users = 0 turns it off)
     }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        explain_lib.check_params(self.name, self.params)
+        self.capabilities = dataclasses.replace(type(self).capabilities, explains=self.explains())
+
+    def explains(self) -> bool:
+        return self.params["explain_users"] > 0
 
     def fit(self, train: TrainData) -> None:
         self.prepare(train)
@@ -392,26 +455,10 @@ class LLMGenerate(LMRecommender):
         return self.train_model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
     def generate(self, histories: list[np.ndarray]) -> list[str]:
-        """Greedy continuations of each user's prompt, in batches (left padding, as generation needs)."""
-        torch, p = self.torch, self.params
-        texts: list[str] = []
-        pad_id = self.tokenizer.pad_token_id
-        for part in runtime.batches(len(histories), p["batch_size"]):
-            progress.step(len(texts), len(histories), "users generated for")
-            prompts = [self.prompt_ids(h) for h in histories[part]]
-            width = max(len(x) for x in prompts)
-            ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(prompts), width), dtype=torch.long)
-            for row, prompt in enumerate(prompts):
-                ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-                mask[row, width - len(prompt):] = 1
-            with torch.inference_mode(), runtime.autocast(self.device):
-                out = self.lm.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                       max_new_tokens=p["max_new_tokens"], do_sample=False, num_beams=1,
-                                       pad_token_id=pad_id, eos_token_id=self.eos_id)
-            for row in out[:, width:].cpu().tolist():
-                texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip())
-        return texts
+        """Greedy continuation of each user's prompt: its first line, the next item's text."""
+        texts = self.greedy([self.prompt_ids(h) for h in histories], self.params["max_new_tokens"],
+                            "users generated for")
+        return [t.split("\n")[0].strip() for t in texts]
 
     def score(self, user_ids: np.ndarray, history: list[np.ndarray] | None = None) -> np.ndarray:
         histories = self.user_histories(np.asarray(user_ids), history)

@@ -137,7 +137,8 @@ def test_list_metrics_shows_formula_and_direction(capsys):
     for name, row in frame.iterrows():
         m = get_metric(name)
         assert row["formula"] == m.description
-        assert row["direction"] == ("higher is better" if m.higher_is_better else "lower is better")
+        assert row["direction"] == {True: "higher is better", False: "lower is better",
+                                    None: "descriptive"}[m.higher_is_better]  # None: explanation_length
     assert frame.loc["arp", "direction"] == "lower is better"
     assert main(["list", "metrics", "ndcg[discount=lenskit]"]) == 0
     out = capsys.readouterr().out

@@ -19,6 +19,7 @@ from typing import Any
 
 import jinja2
 
+from bench.report import explanations as explain_lib
 from bench.report import plots as plot_lib
 from bench.report import tables, units
 from bench.report.markdown import leaderboard_markdown
@@ -126,6 +127,7 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
         "realtime": realtime, "realtime_notes": realtime_notes, "realtime_tables": tables.realtime_tables(run),
         "systems": systems, "models": tables.model_details(run),
         "paired": paired, "paired_method": tables.PAIRED_METHOD, "losses": losses, "loss_table": tables.loss_table(run),
+        "explanation_tables": explain_lib.explanation_tables(run), "explanation_examples": explain_lib.examples(run),
         "model_index": {m: i for i, m in enumerate(run.model_order())}, "metric_docs": metric_docs,
         "css": _css(), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "isfinite": math.isfinite,

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from bench import registry
+from bench.explanations import EXPLAIN_SECONDS, METRIC_FIELDS
 from bench.metrics import DEFAULT_METRICS
 from bench.report import units
 from bench.report.rundata import RunData
@@ -84,7 +85,8 @@ SERVE_FIGURES: dict[str, str] = {
     "timer_overhead_ns": "timer overhead",
 }
 THROUGHPUT_PREFIX = "throughput_users_per_s@batch="
-NOT_FIGURES = {"error"}
+# explanation rows have the report's Explanations section (bench.report.explanations), not the systems tables
+NOT_FIGURES = {"error", EXPLAIN_SECONDS, *METRIC_FIELDS}
 # bench.realtime's segments: shown in the real-time section, not in leaderboards or systems tables
 REALTIME_SEGMENTS = ("replay:", "update-cost")
 
@@ -96,7 +98,8 @@ def is_realtime(segment: pd.Series) -> pd.Series:
 def metric_direction(name: str) -> bool | None:
     """higher_is_better of a registered metric; None when the name is unknown."""
     try:
-        return bool(registry.metrics.get(name).higher_is_better)
+        direction = registry.metrics.get(name).higher_is_better
+        return None if direction is None else bool(direction)  # None: descriptive (explanation_length)
     except Exception:  # noqa: BLE001 - an unregistered metric (another plug-in) is shown, undirected
         return None
 
