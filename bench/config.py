@@ -54,7 +54,8 @@ _SPLIT = {"kind": str, "params": dict, "datasets": list, "train": str, "test": s
 _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str,
           "splits": list, "max_test_users": int, "resources": dict}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
-         "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str}
+         "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str,
+         "extra_protocols": list, "retriever": dict, "n_candidates": int, "order_probes": int}
 _DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -283,9 +284,20 @@ def _check_metrics_and_protocol(evaluation: EvaluationSpec, source: str) -> None
             _name, own_k = parse_metric_entry(entry)
         except ConfigError as exc:
             raise ConfigError(f"{source}: evaluation.metrics: {exc}") from None
+        if metric_lib.get_metric(_name).needs == metric_lib.ORDER_PROBES:
+            raise ConfigError(f"{source}: evaluation.metrics entry '{entry}' is computed by the order probes; "
+                              f"remove it and set evaluation.order_probes = 3 (with protocol \"retrieved\")")
         if own_k is not None and own_k > k_max:
             raise ConfigError(f"{source}: evaluation.metrics entry '{entry}' asks for k={own_k}, beyond the largest "
                               f"evaluation.k ({k_max}); add {own_k} to evaluation.k")
+    from bench import retrieved
+
+    def check_params(name: str, params: dict[str, Any], where: str) -> None:
+        _check_model_params(ModelSpec(name, dict(params)), where, source)
+
+    retrieved.check_evaluation(evaluation, source, check_params)
+    if evaluation.protocol.strip().lower() == "retrieved":
+        return  # its k bound (n_candidates >= max k) was checked with it
     protocol = parse_protocol(evaluation.protocol, negatives_per=evaluation.negatives_per,
                               exclude_train=evaluation.exclude_train, source=source)
     if protocol.sampled and k_max > protocol.min_candidates():
