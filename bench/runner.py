@@ -559,40 +559,48 @@ def plan_cells(config: SuiteConfig) -> list[tuple[DatasetSpec, int, SplitSpec, M
     return cells
 
 
-def retriever_cells(config: SuiteConfig, run_id: str, run_dir: Path, cells: list[tuple[Any, ...]],
+RetrieverCell = tuple[DatasetSpec, int, SplitSpec, ModelSpec, eval_protocols.Protocol, bool]
+
+
+def retriever_plan(config: SuiteConfig) -> list[RetrieverCell]:
+    """One retriever cell per dataset x seed x split under each "retrieved" protocol of the suite (with
+    whether that protocol is an extra one); ``bench score`` rescores them like every cell."""
+    protocols = [(p, i > 0) for i, p in enumerate(eval_protocols.cell_protocols(config.evaluation))
+                 if p.kind == eval_protocols.RETRIEVED]
+    cells = plan_cells(config)
+    groups = list(dict.fromkeys((id(d), seed, id(s)) for d, seed, s, _m in cells))
+    by_key = {(id(d), seed, id(s)): (d, seed, s) for d, seed, s, _m in cells}
+    return [(*by_key[key], ModelSpec(protocol.retriever, json.loads(protocol.retriever_params),
+                                     retrieved.retriever_label(protocol)), protocol, extra)
+            for protocol, extra in protocols for key in groups]
+
+
+def retriever_cells(config: SuiteConfig, run_id: str, run_dir: Path,
                     prepare: Callable[..., tuple[Dataset, Split, TrainData]], force: bool,
                     say: Progress) -> list[tuple[str, list[dict[str, Any]]]]:
     """Protocol "retrieved": per split and seed, the retriever fitted once in this process, its candidates
     stored for every cell (before any cell runs), and its own ranking scored as a cell of its own."""
     from bench.execution import CellResult
-    from bench.specs import ModelSpec
 
-    protocols = [(p, i > 0) for i, p in enumerate(eval_protocols.cell_protocols(config.evaluation))
-                 if p.kind == eval_protocols.RETRIEVED]
     out: list[tuple[str, list[dict[str, Any]]]] = []
     folder = RunDir(run_dir)
-    groups = list(dict.fromkeys((id(d), seed, id(s)) for d, seed, s, _m in cells))
-    by_key = {(id(d), seed, id(s)): (d, seed, s) for d, seed, s, _m in cells}
-    for protocol, extra in protocols:
-        for key in groups:
-            dspec, seed, sspec = by_key[key]
-            spec = ModelSpec(protocol.retriever, label=retrieved.retriever_label(protocol))
-            cid = cell_id(dspec, sspec, spec, seed, config)
-            info = None if force else folder.read_cell(cid)
-            if info is None:
-                dataset, split, train = prepare(dspec, seed, sspec)
-                runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
-                start = time.perf_counter()
-                try:
-                    rows, info = runner.run_retriever(protocol, extra, cid)
-                except Exception as exc:  # the retriever's failure ends the run: no model could be scored
-                    raise BenchError(f"{config.source}: retriever '{protocol.retriever}' on {dspec.name} "
-                                     f"{sspec.kind} seed={seed}: {type(exc).__name__}: {exc}") from exc
-                write_cell(run_dir, cid, CellResult(rows, info))
-                say(f"{dspec.name} {sspec.kind} seed={seed} {spec.label}: candidates retrieved and stored "
-                    f"in {time.perf_counter() - start:.1f}s")
-                info["rows"] = rows
-            out.append((cid, info["rows"]))
+    for dspec, seed, sspec, spec, protocol, extra in retriever_plan(config):
+        cid = cell_id(dspec, sspec, spec, seed, config)
+        info = None if force else folder.read_cell(cid)
+        if info is None:
+            dataset, split, train = prepare(dspec, seed, sspec)
+            runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
+            start = time.perf_counter()
+            try:
+                rows, info = runner.run_retriever(protocol, extra, cid)
+            except Exception as exc:  # the retriever's failure ends the run: no model could be scored
+                raise BenchError(f"{config.source}: retriever '{protocol.retriever}' on {dspec.name} "
+                                 f"{sspec.kind} seed={seed}: {type(exc).__name__}: {exc}") from exc
+            write_cell(run_dir, cid, CellResult(rows, info))
+            say(f"{dspec.name} {sspec.kind} seed={seed} {spec.label}: candidates retrieved and stored "
+                f"in {time.perf_counter() - start:.1f}s")
+            info["rows"] = rows
+        out.append((cid, info["rows"]))
     return out
 
 
@@ -673,7 +681,7 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     pending = [(d, seed, s) for (d, seed, s, _m), cid in zip(cells, order) if force or not folder.cell_done(cid)]
     for dspec, seed, sspec in pending:  # every data or split problem surfaces before the first cell runs
         prepare(dspec, seed, sspec)
-    for cid, rows in retriever_cells(config, run_id, run_dir, cells, prepare, force, say):
+    for cid, rows in retriever_cells(config, run_id, run_dir, prepare, force, say):
         order.append(cid)  # the retriever's own ranking: one row set per split (bench.retrieved)
         rows_by_cell[cid] = rows
 
