@@ -17,14 +17,13 @@ from bench.errors import ConfigError
 from bench.protocols import Protocol, cell_protocols
 
 SYNTHETIC = {"name": "synthetic", "params": {"n_users": 120, "n_items": 90, "n_interactions": 3000, "seed": 0}}
-RETRIEVER = {"name": "als", "params": {"factors": 8, "iterations": 5}}
+RETRIEVER = {"name": "als", "params": {"factors": 8, "iterations": 5, "num_threads": 1}}
 
 
 def suite(evaluation: dict, models: list[dict] | None = None, splits: list[dict] | None = None) -> dict:
     return {"name": "rt", "seeds": [0], "datasets": [copy.deepcopy(SYNTHETIC)],
             "splits": splits or [{"kind": "random"}],
-            "models": models or [{"name": "pop"}, {"name": "als", "params": {"factors": 8, "iterations": 5}},
-                                 {"name": "itemknn"}],
+            "models": models or [{"name": "pop"}, {"name": "als", "params": RETRIEVER["params"]}, {"name": "itemknn"}],
             "evaluation": {"k": [5, 10], "bootstrap": 20, "systems": {"enabled": False}} | evaluation,
             "execution": {"isolation": "none"}}
 
@@ -122,7 +121,8 @@ def test_protocol_labels_and_cell_protocols():
     config = parse_suite(suite({"extra_protocols": ["retrieved"], "retriever": RETRIEVER, "n_candidates": 12}), "s")
     main, extra = cell_protocols(config.evaluation)
     assert main.label == "full" and extra.label == "retrieved12:als"
-    assert extra == Protocol("retrieved", 12, retriever="als", retriever_params='{"factors": 8, "iterations": 5}')
+    assert extra == Protocol("retrieved", 12, retriever="als",
+                             retriever_params='{"factors": 8, "iterations": 5, "num_threads": 1}')
     assert R.segment_label("shots=3", extra, True) == "shots=3@retrieved12:als"
     assert R.segment_label("all", extra, False) == "all"
 
@@ -242,7 +242,7 @@ def test_retriever_is_fitted_once_per_split(tmp_path):
 
     counting.CountingPop.fits = 0
     config = parse_suite(suite({"protocol": "retrieved", "retriever": {"name": "counting-pop"}, "n_candidates": 10},
-                               models=[{"name": "pop"}, {"name": "itemknn"}, {"name": "als"}]), "s")
+                               models=[{"name": "pop"}, {"name": "itemknn"}]), "s")
     summary = run_suite(config, out_root=tmp_path, progress=None)
     assert summary.failed == 0, summary.failures
     assert counting.CountingPop.fits == 1
