@@ -282,3 +282,25 @@ def stored_rows_n(run_dir: Path, n: int) -> dict[int, list[int]]:
     (path,) = (run_dir / "splits").glob(f"*-seed0-retrieved{n}-als-*-all.npz")
     with np.load(path) as f:
         return {int(u): f["items"][f["indptr"][j]:f["indptr"][j + 1]].tolist() for j, u in enumerate(f["users"])}
+
+
+def test_order_metrics_are_listed_and_gated(run, tmp_path, capsys):
+    """`bench list metrics` shows them with their direction; the gate reads their per-user values."""
+    import json
+
+    from bench.cli import main
+
+    assert main(["list", "metrics"]) == 0
+    listed = capsys.readouterr().out
+    assert "order_ndcg_spread" in listed and "order_kendall_tau" in listed
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[accuracy]]\nmetric = "order_ndcg_spread@10"\nmax_drop = 0.01\n'
+                     'segments = ["all@retrieved12:als", "shots=3@retrieved12:als"]\nmodels = ["pop", "als", "itemknn"]\n')
+    base = tmp_path / "base.json"
+    args = ["gate", "--current", str(run.run_dir), "--baseline", str(base), "--rules", str(rules)]
+    assert main(args + ["--update-baseline"]) == 0
+    assert main(args + ["--json", str(tmp_path / "verdict.json")]) == 0
+    checks = [c for c in json.loads((tmp_path / "verdict.json").read_text())["checks"]
+              if c["metric"] == "order_ndcg_spread@10"]
+    assert len(checks) == 6 and {c["verdict"] for c in checks} == {"pass"}
+    assert {c["detail"]["higher_is_better"] for c in checks} == {False}
