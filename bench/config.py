@@ -55,7 +55,8 @@ _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": 
           "splits": list, "max_test_users": int, "resources": dict}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
          "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str,
-         "extra_protocols": list, "retriever": dict, "n_candidates": int, "order_probes": int}
+         "extra_protocols": list, "retriever": dict, "n_candidates": int, "order_probes": int,
+         "retrieved_splits": list, "retrieved_max_test_users": int}
 _DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -168,6 +169,11 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
     if not evaluation.k or not all(isinstance(k, int) and k >= 1 for k in evaluation.k):
         raise ConfigError(f"{source}: evaluation.k must be a non-empty list of integers >= 1, got {evaluation.k!r}")
     _check_metrics_and_protocol(evaluation, source)
+    kinds = [s.kind for s in splits]
+    for kind in evaluation.retrieved_splits:
+        if kind not in kinds:
+            raise ConfigError(f"{source}: evaluation.retrieved_splits names '{kind}', which is not a kind in "
+                              f"[[splits]] ({', '.join(kinds)})")
     if evaluation.bootstrap < 0 or evaluation.batch_size < 0 or evaluation.max_test_users < 0:
         raise ConfigError(f"{source}: evaluation.bootstrap, batch_size and max_test_users must be >= 0")
 

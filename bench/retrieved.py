@@ -83,7 +83,9 @@ def check_evaluation(evaluation: Any, source: str, check_params: Callable[[str, 
                           f"{evaluation.protocol!r}); list each protocol once")
     retriever, n = evaluation.retriever, evaluation.n_candidates
     if not uses_retrieved(evaluation):
-        for key, value in (("retriever", retriever), ("n_candidates", n), ("order_probes", evaluation.order_probes)):
+        for key, value in (("retriever", retriever), ("n_candidates", n), ("order_probes", evaluation.order_probes),
+                           ("retrieved_splits", evaluation.retrieved_splits),
+                           ("retrieved_max_test_users", evaluation.retrieved_max_test_users)):
             if value:
                 raise ConfigError(f"{source}: evaluation.{key} is only used by the two-stage protocol; set "
                                   f"evaluation.protocol = \"retrieved\" or extra_protocols = [\"retrieved\"]")
@@ -103,10 +105,29 @@ def check_evaluation(evaluation: Any, source: str, check_params: Callable[[str, 
     if isinstance(n, bool) or not isinstance(n, int) or n < k_max:
         raise ConfigError(f"{source}: evaluation.n_candidates = {n!r}: the retriever must propose at least the "
                           f"largest evaluation.k ({k_max}) candidates per user; set n_candidates >= {k_max}")
+    if evaluation.retrieved_max_test_users < 0:
+        raise ConfigError(f"{source}: evaluation.retrieved_max_test_users must be >= 0 (0 = no further sample)")
     probes = evaluation.order_probes
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0 or probes == 1:
         raise ConfigError(f"{source}: evaluation.order_probes = {probes!r}: use 0 (off) or the number of candidate "
                           f"orders to compare, >= 2 (3 = retriever's order, reversed, one seeded shuffle)")
+
+
+def applies(evaluation: Any, protocol: Protocol, split_kind: str) -> bool:
+    """Whether a cell of a ``split_kind`` split is scored under ``protocol`` (``retrieved_splits``)."""
+    only = getattr(evaluation, "retrieved_splits", None)
+    return protocol.kind != RETRIEVED or not only or split_kind in only
+
+
+def user_limit(evaluation: Any, own: int | None, protocol: Protocol) -> int:
+    """Most test users a model is scored on per segment (0 = all): the suite's and the model's own
+    ``max_test_users``, and under "retrieved" ``retrieved_max_test_users`` for a model that samples anyway.
+    Every limit takes a prefix of the same seeded permutation (bench.runner.segment_data), so a smaller
+    sample is a subset of a larger one and the report compares models on the users they share."""
+    limits = [n for n in (evaluation.max_test_users, own) if n]  # a model's own can only shrink it
+    if protocol.kind == RETRIEVED and own and getattr(evaluation, "retrieved_max_test_users", 0):
+        limits.append(evaluation.retrieved_max_test_users)
+    return min(limits) if limits else 0
 
 
 def segment_label(segment: str, protocol: Protocol, extra: bool) -> str:

@@ -289,6 +289,8 @@ class CellRunner:
         """Every segment under the main protocol, then under each of evaluation.extra_protocols (same fit)."""
         rows: list[dict[str, Any]] = []
         for i, protocol in enumerate(eval_protocols.cell_protocols(self.config.evaluation)):
+            if not retrieved.applies(self.config.evaluation, protocol, self.split.kind):
+                continue  # evaluation.retrieved_splits leaves this split kind out
             for segment in segments:
                 rows.extend(self.run_segment(model, mspec, segment, base | {"protocol": protocol.label}, cid,
                                              info, protocol=protocol, extra=i > 0))
@@ -325,8 +327,7 @@ class CellRunner:
             info["segments"][name] = {"status": "unsupported", "needs": segment.needs,
                                       "reason": f"the retriever '{protocol.retriever}' cannot serve {segment.needs}"}
             return self.unsupported_rows(base, name) + self.unsupported_rows(base, name + retrieved.FOUND)
-        limits = [n for n in (ev.max_test_users, mspec.max_test_users) if n]  # a model's own can only shrink it
-        max_users = min(limits) if limits else 0
+        max_users = retrieved.user_limit(ev, mspec.max_test_users, protocol)
         data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train, max_users,
                             protocol=protocol, k=self.ks[-1], negatives_dir=self.rundir.splits_dir)
         model.rank_shared_candidates(two_stage)  # a two-stage model ranks the protocol's candidates, all of them
@@ -418,13 +419,16 @@ class CellRunner:
                 return score_lists(items[:, :self.ks[-1]], data, self.dataset, self.popularity, self.n_train_users,
                                    ["ndcg"], self.ks).per_user[:, [self.ks.index(k) for k in ndcg_ks]]
 
+            start = time.perf_counter()
             probes = retrieved.probe_table(data.candidates, lambda cand: self.rank_all(model, data, probe_k, cand),
                                            ndcg, ndcg_ks, ev.order_probes, self.seed,
                                            given=items if probe_k == items.shape[1] else None)
+            probe_seconds = time.perf_counter() - start
             model.extra_metrics()  # the probes' calls are not the segment's figures
             table = metric_lib.MetricTable(table.columns + probes.columns,
                                            np.column_stack([table.per_user, probes.per_user]), table.aggregate)
             seg_info["order_probes"] = int(ev.order_probes)
+            seg_info["order_probe_seconds"] = probe_seconds  # the probes' extra recommend calls, scoring included
         found = retrieved.found_mask(data.users, data.candidates, data.test_users, data.test_items,
                                      self.dataset.n_items)
         seg_info["found_users"] = int(found.sum())
@@ -572,7 +576,8 @@ def retriever_plan(config: SuiteConfig) -> list[RetrieverCell]:
     by_key = {(id(d), seed, id(s)): (d, seed, s) for d, seed, s, _m in cells}
     return [(*by_key[key], ModelSpec(protocol.retriever, json.loads(protocol.retriever_params),
                                      retrieved.retriever_label(protocol)), protocol, extra)
-            for protocol, extra in protocols for key in groups]
+            for protocol, extra in protocols for key in groups
+            if retrieved.applies(config.evaluation, protocol, by_key[key][2].kind)]
 
 
 def retriever_cells(config: SuiteConfig, run_id: str, run_dir: Path,

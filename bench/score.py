@@ -155,14 +155,15 @@ def score_cell(folder: RunDir, config: SuiteConfig, dataset: Dataset, split: Spl
     train = train_data(dataset, split.train)
     popularity = np.bincount(train.item, minlength=dataset.n_items)
     n_train_users = int(np.unique(train.user).size)
-    limits = [n for n in (ev.max_test_users, mspec.max_test_users) if n]
-    max_users = min(limits) if limits else 0
     new: list[dict[str, Any]] = []
     scored = 0
     protocols = list(enumerate(eval_protocols.cell_protocols(ev)))
     if info.get("retriever"):  # a retriever's own ranking (bench.runner.run_retriever): its protocol's segments
         protocols = [(i, p) for i, p in protocols if p.label == info.get("protocol")]
     for i, protocol in protocols:
+        if not retrieved.applies(ev, protocol, split.kind):
+            continue
+        max_users = retrieved.user_limit(ev, mspec.max_test_users, protocol)
         found_suffix = retrieved.FOUND if protocol.kind == eval_protocols.RETRIEVED else None
         p_base = base | {"protocol": protocol.label}
         for segment in split.segments(dataset):

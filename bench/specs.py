@@ -325,6 +325,9 @@ class EvaluationSpec:
     retriever: dict[str, Any] = field(default_factory=dict)  # { name = "als", params = {...} }
     n_candidates: int = 0
     order_probes: int = 0  # >= 2: score the retrieved candidates in this many orders (bench.retrieved)
+    retrieved_splits: list[str] = field(default_factory=list)  # split kinds scored under "retrieved"; [] = all
+    # under "retrieved", models that score a sample of users (their own max_test_users) score at most this many
+    retrieved_max_test_users: int = 0
     # [evaluation.systems] / [evaluation.realtime]: latency, throughput, memory; freshness replay
     systems: SystemsSpec = field(default_factory=SystemsSpec)
     realtime: RealtimeSpec = field(default_factory=RealtimeSpec)

@@ -98,6 +98,9 @@ def test_llamarec_figures_hand_worked():
     ({"extra_protocols": ["full"]}, "repeats a protocol"),
     ({"extra_protocols": ["uni"]}, "evaluation.protocol = 'uni' is not valid"),
     ({"metrics": ["order_ndcg_spread@10"]}, "set evaluation.order_probes"),
+    ({"retrieved_splits": ["random"]}, "evaluation.retrieved_splits is only used"),
+    ({"protocol": "retrieved", "retriever": RETRIEVER, "n_candidates": 20, "retrieved_splits": ["temporal"]},
+     "retrieved_splits names 'temporal', which is not a kind in"),
 ])
 def test_config_errors(evaluation, message):
     with pytest.raises(ConfigError, match=message):
@@ -304,3 +307,25 @@ def test_order_metrics_are_listed_and_gated(run, tmp_path, capsys):
               if c["metric"] == "order_ndcg_spread@10"]
     assert len(checks) == 6 and {c["verdict"] for c in checks} == {"pass"}
     assert {c["detail"]["higher_is_better"] for c in checks} == {False}
+
+
+def test_retrieved_splits_and_sampled_users(tmp_path):
+    """The extra evaluation only on the listed split kinds; a model that samples users samples further."""
+    from bench.runner import run_suite
+
+    config = parse_suite(suite({"extra_protocols": ["retrieved"], "retriever": RETRIEVER, "n_candidates": 10,
+                                "retrieved_splits": ["random"], "retrieved_max_test_users": 7},
+                               models=[{"name": "pop", "max_test_users": 30}, {"name": "itemknn"}],
+                               splits=[{"kind": "random"},
+                                       {"kind": "user_coldstart", "params": {"user_fraction": 0.2, "shots": [3]}}]),
+                         "s")
+    summary = run_suite(config, out_root=tmp_path, progress=None)
+    assert summary.failed == 0, summary.failures
+    frame = summary.frame
+    two_stage = frame[frame["protocol"] == "retrieved10:als"]
+    assert set(two_stage["split"]) == {"random"}  # no retriever cell, no rows on the cold-start split
+    n = two_stage[(two_stage["metric"] == "ndcg") & (two_stage["segment"] == "all@retrieved10:als")]
+    by_model = dict(zip(n["model"], n["n"]))
+    full = frame[(frame["protocol"] == "full") & (frame["metric"] == "ndcg") & (frame["segment"] == "all")]
+    assert by_model["pop"] == 7 and dict(zip(full["model"], full["n"]))["pop"] == 30
+    assert by_model["itemknn"] == by_model["als (retriever)"] > 30  # models scoring everyone still do
