@@ -419,6 +419,7 @@ class CellRunner:
                 return score_lists(items[:, :self.ks[-1]], data, self.dataset, self.popularity, self.n_train_users,
                                    ["ndcg"], self.ks).per_user[:, [self.ks.index(k) for k in ndcg_ks]]
 
+            cell_progress.phase(f"order probes {name} ({ev.order_probes} orders)")
             start = time.perf_counter()
             probes = retrieved.probe_table(data.candidates, lambda cand: self.rank_all(model, data, probe_k, cand),
                                            ndcg, ndcg_ks, ev.order_probes, self.seed,
@@ -582,7 +583,7 @@ def retriever_plan(config: SuiteConfig) -> list[RetrieverCell]:
 
 def retriever_cells(config: SuiteConfig, run_id: str, run_dir: Path,
                     prepare: Callable[..., tuple[Dataset, Split, TrainData]], force: bool,
-                    say: Progress) -> list[tuple[str, list[dict[str, Any]]]]:
+                    say: Progress, cache_dir: Path | None = None) -> list[tuple[str, list[dict[str, Any]]]]:
     """Protocol "retrieved": per split and seed, the retriever fitted once in this process, its candidates
     stored for every cell (before any cell runs), and its own ranking scored as a cell of its own."""
     from bench.execution import CellResult
@@ -594,7 +595,8 @@ def retriever_cells(config: SuiteConfig, run_id: str, run_dir: Path,
         info = None if force else folder.read_cell(cid)
         if info is None:
             dataset, split, train = prepare(dspec, seed, sspec)
-            runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed)
+            runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed, cache_dir)
+            diskcache.use_root(cache_dir)  # a retriever that loads a checkpoint reads the run's cache home
             start = time.perf_counter()
             try:
                 rows, info = runner.run_retriever(protocol, extra, cid)
@@ -686,7 +688,7 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     pending = [(d, seed, s) for (d, seed, s, _m), cid in zip(cells, order) if force or not folder.cell_done(cid)]
     for dspec, seed, sspec in pending:  # every data or split problem surfaces before the first cell runs
         prepare(dspec, seed, sspec)
-    for cid, rows in retriever_cells(config, run_id, run_dir, prepare, force, say):
+    for cid, rows in retriever_cells(config, run_id, run_dir, prepare, force, say, data.cache_dir):
         order.append(cid)  # the retriever's own ranking: one row set per split (bench.retrieved)
         rows_by_cell[cid] = rows
 
