@@ -422,6 +422,8 @@ def compute(inputs: EvalInputs, metric_names: list[str], ks: list[int]) -> Metri
             continue  # the dataset has no categories: the metric is undefined, not zero
         if metric.needs == "value" and (inputs.item_value is None or inputs.relevant_value is None):
             continue  # no item values (no price column): revenue is undefined, not zero
+        if metric.needs == ORDER_PROBES:
+            continue  # not a function of one list: bench.retrieved's order probes compute it (the config refuses it)
         out = metric.fn(inputs, k)
         columns.append((name, k))
         if metric.per_user:
