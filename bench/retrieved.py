@@ -121,11 +121,12 @@ def applies(evaluation: Any, protocol: Protocol, split_kind: str) -> bool:
 
 def user_limit(evaluation: Any, own: int | None, protocol: Protocol) -> int:
     """Most test users a model is scored on per segment (0 = all): the suite's and the model's own
-    ``max_test_users``, and under "retrieved" ``retrieved_max_test_users`` for a model that samples anyway.
-    Every limit takes a prefix of the same seeded permutation (bench.runner.segment_data), so a smaller
-    sample is a subset of a larger one and the report compares models on the users they share."""
+    ``max_test_users``, and under "retrieved" ``retrieved_max_test_users`` (every model, the retriever's row
+    too: the extra evaluation stays cheap for models whose every call is costly). Every limit takes a prefix
+    of the same seeded permutation (bench.runner.segment_data), so a smaller sample is a subset of a larger
+    one and the report compares models on the users they share."""
     limits = [n for n in (evaluation.max_test_users, own) if n]  # a model's own can only shrink it
-    if protocol.kind == RETRIEVED and own and getattr(evaluation, "retrieved_max_test_users", 0):
+    if protocol.kind == RETRIEVED and getattr(evaluation, "retrieved_max_test_users", 0):
         limits.append(evaluation.retrieved_max_test_users)
     return min(limits) if limits else 0
 

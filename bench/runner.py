@@ -475,7 +475,8 @@ class CellRunner:
                 rows += self.unsupported_rows(base, name) + self.unsupported_rows(base, name + retrieved.FOUND)
                 continue
             data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train,
-                                ev.max_test_users, protocol=protocol, k=k_max, negatives_dir=self.rundir.splits_dir)
+                                retrieved.user_limit(ev, None, protocol), protocol=protocol, k=k_max,
+                                negatives_dir=self.rundir.splits_dir)
             assert data.candidates is not None
             items = data.candidates[:, :k_max]  # the retriever's order: its own top-k
             self.rundir.write_topk(cid, name, data.users, items, -np.arange(k_max, dtype=np.float64)[None, :]

@@ -326,7 +326,7 @@ class EvaluationSpec:
     n_candidates: int = 0
     order_probes: int = 0  # >= 2: score the retrieved candidates in this many orders (bench.retrieved)
     retrieved_splits: list[str] = field(default_factory=list)  # split kinds scored under "retrieved"; [] = all
-    # under "retrieved", models that score a sample of users (their own max_test_users) score at most this many
+    # under "retrieved", every model (and the retriever's row) scores at most this many users per segment
     retrieved_max_test_users: int = 0
     # [evaluation.systems] / [evaluation.realtime]: latency, throughput, memory; freshness replay
     systems: SystemsSpec = field(default_factory=SystemsSpec)
