@@ -54,7 +54,9 @@ _SPLIT = {"kind": str, "params": dict, "datasets": list, "train": str, "test": s
 _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str,
           "splits": list, "max_test_users": int, "resources": dict, "paired_with": str}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
-         "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str}
+         "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str,
+         "extra_protocols": list, "retriever": dict, "n_candidates": int, "order_probes": int,
+         "retrieved_splits": list, "retrieved_max_test_users": int}
 _DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -173,6 +175,11 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
     if not evaluation.k or not all(isinstance(k, int) and k >= 1 for k in evaluation.k):
         raise ConfigError(f"{source}: evaluation.k must be a non-empty list of integers >= 1, got {evaluation.k!r}")
     _check_metrics_and_protocol(evaluation, source)
+    kinds = [s.kind for s in splits]
+    for kind in evaluation.retrieved_splits:
+        if kind not in kinds:
+            raise ConfigError(f"{source}: evaluation.retrieved_splits names '{kind}', which is not a kind in "
+                              f"[[splits]] ({', '.join(kinds)})")
     if evaluation.bootstrap < 0 or evaluation.batch_size < 0 or evaluation.max_test_users < 0:
         raise ConfigError(f"{source}: evaluation.bootstrap, batch_size and max_test_users must be >= 0")
 
@@ -293,9 +300,20 @@ def _check_metrics_and_protocol(evaluation: EvaluationSpec, source: str) -> None
             raise ConfigError(f"{source}: evaluation.metrics entry '{entry}' is not scored from top-k lists: models "
                               f"that explain write it themselves (llm-generate with explain_users > 0, llm-rerank "
                               f"with explain = true); remove it from evaluation.metrics")
+        if metric_lib.get_metric(_name).needs == metric_lib.ORDER_PROBES:
+            raise ConfigError(f"{source}: evaluation.metrics entry '{entry}' is computed by the order probes; "
+                              f"remove it and set evaluation.order_probes = 3 (with protocol \"retrieved\")")
         if own_k is not None and own_k > k_max:
             raise ConfigError(f"{source}: evaluation.metrics entry '{entry}' asks for k={own_k}, beyond the largest "
                               f"evaluation.k ({k_max}); add {own_k} to evaluation.k")
+    from bench import retrieved
+
+    def check_params(name: str, params: dict[str, Any], where: str) -> None:
+        _check_model_params(ModelSpec(name, dict(params)), where, source)
+
+    retrieved.check_evaluation(evaluation, source, check_params)
+    if evaluation.protocol.strip().lower() == "retrieved":
+        return  # its k bound (n_candidates >= max k) was checked with it
     protocol = parse_protocol(evaluation.protocol, negatives_per=evaluation.negatives_per,
                               exclude_train=evaluation.exclude_train, source=source)
     if protocol.sampled and k_max > protocol.min_candidates():

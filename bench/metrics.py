@@ -207,6 +207,25 @@ def revenue_share(x: EvalInputs, k: int) -> np.ndarray:
 VALUE_METRICS = ("revenue", "revenue_share")  # scored by default when the dataset has item values
 
 
+# -- order probes ------------------------------------------------------------------
+# Not a function of one top-k list: they compare the model's lists for the same candidates presented in
+# several orders, so bench.retrieved computes them (evaluation.order_probes). Registered here all the same:
+# one record with the direction the gate and the report read, and `bench list metrics` shows them.
+
+def _needs_order_probes(x: EvalInputs, k: int) -> np.ndarray:
+    raise ConfigError("order metrics compare several lists of the same candidates; they are computed by "
+                      "evaluation.order_probes (protocol \"retrieved\"), not listed in evaluation.metrics")
+
+
+ORDER_PROBES = "order_probes"  # the `needs` of metrics computed by bench.retrieved's order probes
+_register("order_ndcg_spread", False, needs=ORDER_PROBES,
+          doc="max - min of ndcg@k over the candidate orders probed (retriever's, reversed, shuffled); "
+              "0 = the order does not matter")(_needs_order_probes)
+_register("order_kendall_tau", True, needs=ORDER_PROBES,
+          doc="mean Kendall tau-b between the model's rankings of the same candidates in each pair of "
+              "probed orders; 1 = identical rankings")(_needs_order_probes)
+
+
 def relevant_value(query_users: np.ndarray, test_users: np.ndarray, test_items: np.ndarray,
                    item_value: np.ndarray, n_items: int) -> np.ndarray:
     """Summed value of each query user's distinct test items (the denominator of revenue_share)."""
@@ -405,6 +424,8 @@ def compute(inputs: EvalInputs, metric_names: list[str], ks: list[int]) -> Metri
             continue  # no item values (no price column): revenue is undefined, not zero
         if metric.needs == "explanations":
             continue  # not from top-k lists: the runner scores a model's reasons (bench.explanations)
+        if metric.needs == ORDER_PROBES:
+            continue  # not a function of one list: bench.retrieved's order probes compute it (the config refuses it)
         out = metric.fn(inputs, k)
         columns.append((name, k))
         if metric.per_user:

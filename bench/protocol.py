@@ -36,6 +36,9 @@ class Capabilities:
     # says True must pass the contract's known-answer checkerboard test (bench.contract).
     personalised: bool = True
     explains: bool = False  # writes a one-sentence reason for some listed items (explain(), bench.explanations)
+    # Its ranking of given candidates can depend on the order they are presented in (e.g. an LLM that
+    # reads them as one list in its prompt). Order probes (bench.retrieved) measure it for every model.
+    reads_candidate_order: bool = False
 
     def supports(self, need: str) -> bool:
         """Whether a segment needing ``need`` (see bench.splits.Segment) can be served."""
@@ -295,6 +298,12 @@ class Recommender:
         explains. The runner stores and scores the reasons (bench.explanations).
         """
         raise NotImplementedError(f"model '{self.name}' does not explain its recommendations")
+
+    def rank_shared_candidates(self, shared: bool) -> None:
+        """Told ``True`` while the protocol's candidates are a retriever's short list shared by every model
+        (protocol "retrieved", bench.retrieved): a two-stage model then ranks all of them itself instead
+        of passing them through its own first stage, and :meth:`ranked_depth` covers every position.
+        One-stage models rank the candidates they are given either way (this default)."""
 
     def update(self, new: TrainData) -> None:
         """Absorb new interactions without a full refit (capability ``update``)."""

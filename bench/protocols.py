@@ -31,11 +31,16 @@ Negatives depend only on the split (fingerprint and seed), the protocol and the
 pool: they are drawn once, stored beside the split in the run folder
 (``splits/<fingerprint>-seed<seed>-<protocol>-<pool>.npz``) and read back by every model, so
 all models of a run rank exactly the same candidates.
+
+``protocol = "retrieved"`` (two-stage, LlamaRec's protocol) takes its candidates from
+one retriever model instead of random draws: see :mod:`bench.retrieved`, which
+stores them in the same place and the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,19 +55,24 @@ from bench.splits import Segment, Split
 
 NEGATIVES_PER = ("test_item", "user")
 _PATTERN = re.compile(r"^(full|uni|pop)(\d*)$")
+RETRIEVED = "retrieved"
 
 
 @dataclass(frozen=True)
 class Protocol:
     """Which candidates each test user's items are ranked among."""
 
-    kind: str = "full"  # "full", "uni" (uniform negatives) or "pop" (popularity-weighted)
-    n_negatives: int = 0  # N of uniN / popN
+    kind: str = "full"  # "full", "uni" (uniform negatives), "pop" (popularity-weighted) or "retrieved"
+    n_negatives: int = 0  # N of uniN / popN; the retriever's N candidates per user for "retrieved"
     negatives_per: str = "test_item"  # "test_item" (RecBole) or "user" (Elliot)
     exclude_train: bool = True
+    retriever: str = ""  # "retrieved": the registered model that proposes the candidates
+    retriever_params: str = "{}"  # ... and its parameters, as sorted JSON (hashable, stable)
 
     @property
     def name(self) -> str:
+        if self.kind == RETRIEVED:
+            return f"{RETRIEVED}{self.n_negatives}:{self.retriever}"
         return "full" if self.kind == "full" else f"{self.kind}{self.n_negatives}"
 
     @property
@@ -77,7 +87,7 @@ class Protocol:
         marks that training items were *not* excluded from the rankings.
         """
         text = self.name
-        if self.sampled and self.negatives_per == "user":
+        if self.sampled and self.negatives_per == "user" and self.kind != RETRIEVED:
             text += "/user"
         if not self.exclude_train:
             text += "+train"
@@ -107,11 +117,30 @@ def parse_protocol(text: str, *, negatives_per: str = "test_item", exclude_train
     return Protocol(kind, n, negatives_per, exclude_train)
 
 
-def from_evaluation(evaluation: object) -> Protocol:
-    """The protocol of an ``EvaluationSpec`` (duck-typed, so bench.config need not be imported here)."""
-    return parse_protocol(getattr(evaluation, "protocol", "full"),
-                          negatives_per=getattr(evaluation, "negatives_per", "test_item"),
+def from_evaluation(evaluation: object, text: str | None = None) -> Protocol:
+    """The protocol of an ``EvaluationSpec`` (duck-typed, so bench.config need not be imported here).
+
+    ``text`` names another of its protocols (an entry of ``extra_protocols``) instead of the main one.
+    """
+    text = getattr(evaluation, "protocol", "full") if text is None else text
+    if str(text).strip().lower() == RETRIEVED:
+        return retrieved_protocol(evaluation)
+    return parse_protocol(text, negatives_per=getattr(evaluation, "negatives_per", "test_item"),
                           exclude_train=getattr(evaluation, "exclude_train", True))
+
+
+def retrieved_protocol(evaluation: object) -> Protocol:
+    """The ``retrieved`` protocol of an ``EvaluationSpec`` (checked by bench.retrieved.check_evaluation)."""
+    spec = getattr(evaluation, "retriever", None) or {}
+    return Protocol(RETRIEVED, int(getattr(evaluation, "n_candidates", 0) or 0),
+                    exclude_train=getattr(evaluation, "exclude_train", True), retriever=str(spec.get("name", "")),
+                    retriever_params=json.dumps(spec.get("params", {}), sort_keys=True, default=str))
+
+
+def cell_protocols(evaluation: object) -> list[Protocol]:
+    """Every protocol a cell is scored under: the main one, then ``extra_protocols`` (same fit, more rows)."""
+    return [from_evaluation(evaluation)] + [from_evaluation(evaluation, text)
+                                            for text in getattr(evaluation, "extra_protocols", [])]
 
 
 # -- drawing and storing negatives ---------------------------------------------
@@ -210,17 +239,20 @@ def stored_negatives(dataset: Dataset, split: Split, protocol: Protocol, segment
 
 def segment_candidates(dataset: Dataset, split: Split, segment: Segment, users: np.ndarray,
                        exclude: sp.csr_matrix | None, protocol: Protocol, k: int,
-                       store_dir: Path | None = None) -> np.ndarray | None:
+                       store_dir: Path | None = None, rows: Negatives | None = None) -> np.ndarray | None:
     """What the runner passes as ``recommend(candidates=...)`` for one segment under ``protocol``.
 
     Full ranking: the segment's own candidates (None = the catalogue). Sampled:
     a per-user matrix of test items + negatives, -1-padded; excluded items are
     dropped from each row. Raises a ConfigError when some user would have fewer
     than ``k`` candidates, since the top-k would then not be a ranking of k items.
+    ``rows``: the candidate rows when they come from elsewhere (a retriever's, bench.retrieved).
     """
     if not protocol.sampled:
         return segment.candidates
-    matrix = stored_negatives(dataset, split, protocol, segment, store_dir).matrix(np.asarray(users))
+    if rows is None:
+        rows = stored_negatives(dataset, split, protocol, segment, store_dir)
+    matrix = rows.matrix(np.asarray(users))
     if exclude is not None and exclude.nnz:
         excluded = exclude.tocoo()
         n_items = np.int64(dataset.n_items)
@@ -229,7 +261,7 @@ def segment_candidates(dataset: Dataset, split: Split, segment: Segment, users: 
         flagged = np.isin(keys, excluded_keys) & (matrix >= 0)
         if flagged.any():
             matrix = np.where(flagged, -1, matrix)
-            order = np.argsort(matrix < 0, axis=1, kind="stable")  # keep real candidates first, in item order
+            order = np.argsort(matrix < 0, axis=1, kind="stable")  # keep real candidates first, in their order
             matrix = np.take_along_axis(matrix, order, axis=1)
     counts = (matrix >= 0).sum(1)
     if len(counts) and counts.min() < k:

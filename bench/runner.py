@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from bench import metrics as metric_lib
 from bench import protocols as eval_protocols
-from bench import diskcache, explanations, grid, provenance, realtime, registry, systems
+from bench import diskcache, explanations, grid, provenance, realtime, registry, retrieved, systems
 from bench import progress as cell_progress  # lines from inside a cell; `progress` is run_suite's callback
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.data.dataset import side_info, train_data  # noqa: F401  (re-exported: runner.train_data)
@@ -111,8 +111,11 @@ def segment_data(dataset: Dataset, split: Split, segment: Segment, train_matrix:
         exclude = history_matrix(_items_by_user(dataset, split.history, users), dataset.n_items)
     elif exclude_train:
         exclude = train_matrix[users]
+    rows = None
+    if protocol is not None and protocol.kind == eval_protocols.RETRIEVED:  # a retriever's top-N (bench.retrieved)
+        rows = retrieved.stored_candidates(dataset, split, segment, protocol, negatives_dir, segment_data)
     candidates = segment.candidates if protocol is None else eval_protocols.segment_candidates(
-        dataset, split, segment, users, exclude, protocol, k, negatives_dir)
+        dataset, split, segment, users, exclude, protocol, k, negatives_dir, rows)
     return SegmentData(segment, users, test_users, test_items, history, exclude, candidates)
 
 
@@ -233,8 +236,7 @@ class CellRunner:
             if self.serves_nothing(model, mspec, segments):
                 # e.g. an ALS on an item cold-start split: every segment would be "unsupported" after the fit
                 info["fit_skipped"] = "the model can serve no segment of this split (capabilities): not fitted"
-                for segment in segments:
-                    rows.extend(self.run_segment(model, mspec, segment, base, cid, info))
+                rows.extend(self.run_segments(model, mspec, segments, base, cid, info))
                 info["status"] = "ok"
                 return rows, info
             # cold load apart from fit: the model's declared heavy modules (preload_modules), imported here if
@@ -271,8 +273,7 @@ class CellRunner:
             if disk:
                 rows.append(self.system_row(base, "fit", "fit_disk_caches_hit",
                                             float(all(v == "hit" for v in disk.values()))))
-            for segment in segments:
-                rows.extend(self.run_segment(model, mspec, segment, base, cid, info))
+            rows.extend(self.run_segments(model, mspec, segments, base, cid, info))
             info["model_description"] = model.describe()  # again: fitted models add what they learned
             cell_progress.phase("real-time replay")
             rows.extend(self.run_realtime(model, mspec, base, cid, info))
@@ -285,6 +286,18 @@ class CellRunner:
                                        info, rows)
         return rows, info
 
+    def run_segments(self, model: Recommender, mspec: ModelSpec, segments: list[Segment], base: dict[str, Any],
+                     cid: str, info: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every segment under the main protocol, then under each of evaluation.extra_protocols (same fit)."""
+        rows: list[dict[str, Any]] = []
+        for i, protocol in enumerate(eval_protocols.cell_protocols(self.config.evaluation)):
+            if not retrieved.applies(self.config.evaluation, protocol, self.split.kind):
+                continue  # evaluation.retrieved_splits leaves this split kind out
+            for segment in segments:
+                rows.extend(self.run_segment(model, mspec, segment, base | {"protocol": protocol.label}, cid,
+                                             info, protocol=protocol, extra=i > 0))
+        return rows
+
     def serves_nothing(self, model: Recommender, mspec: ModelSpec, segments: list[Segment]) -> bool:
         """True when fitting would be wasted: no segment the model can serve, no replay, no grid selection."""
         return (bool(segments) and not any(model.capabilities.supports(s.needs) for s in segments)
@@ -295,21 +308,42 @@ class CellRunner:
         return base | {"segment": segment, "metric": metric, "k": 0, "value": float(value),
                        "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "status": "ok"}
 
+    def unsupported_rows(self, base: dict[str, Any], segment: str) -> list[dict[str, Any]]:
+        return [base | {"segment": segment, "metric": name, "k": k, "value": float("nan"), "ci_low": float("nan"),
+                        "ci_high": float("nan"), "n": 0, "status": "unsupported"}
+                for name, k in metric_lib.metric_columns(self.metric_names, self.ks)]
+
     def run_segment(self, model: Recommender, mspec: ModelSpec, segment: Segment, base: dict[str, Any],
-                    cid: str, info: dict[str, Any]) -> list[dict[str, Any]]:
+                    cid: str, info: dict[str, Any], *, protocol: eval_protocols.Protocol | None = None,
+                    extra: bool = False) -> list[dict[str, Any]]:
+        """Score one segment under ``protocol`` (default: the main one); ``extra`` protocols' segments are
+        named ``<segment>@<protocol>`` and skip the serving measurements (the main protocol has them)."""
         ev = self.config.evaluation
+        protocol = protocol or eval_protocols.from_evaluation(ev)
+        two_stage = protocol.kind == eval_protocols.RETRIEVED
+        name = retrieved.segment_label(segment.name, protocol, extra)
         if not model.capabilities.supports(segment.needs):
-            info["segments"][segment.name] = {"status": "unsupported", "needs": segment.needs}
-            return [base | {"segment": segment.name, "metric": name, "k": k, "value": float("nan"),
-                            "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "status": "unsupported"}
-                    for name, k in metric_lib.metric_columns(self.metric_names, self.ks)]
-        limits = [n for n in (ev.max_test_users, mspec.max_test_users) if n]  # a model's own can only shrink it
-        max_users = min(limits) if limits else 0
+            info["segments"][name] = {"status": "unsupported", "needs": segment.needs}
+            return self.unsupported_rows(base, name)
+        if two_stage and not retrieved.serves(protocol, segment):
+            info["segments"][name] = {"status": "unsupported", "needs": segment.needs,
+                                      "reason": f"the retriever '{protocol.retriever}' cannot serve {segment.needs}"}
+            return self.unsupported_rows(base, name) + self.unsupported_rows(base, name + retrieved.FOUND)
+        max_users = retrieved.user_limit(ev, mspec.max_test_users, protocol)
         data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train, max_users,
-                            protocol=eval_protocols.from_evaluation(ev), k=self.ks[-1],
-                            negatives_dir=self.rundir.splits_dir)
+                            protocol=protocol, k=self.ks[-1], negatives_dir=self.rundir.splits_dir)
+        model.rank_shared_candidates(two_stage)  # a two-stage model ranks the protocol's candidates, all of them
+        try:
+            return self.score_segment(model, mspec, data, name, base, cid, info, protocol, extra)
+        finally:
+            model.rank_shared_candidates(False)
+
+    def score_segment(self, model: Recommender, mspec: ModelSpec, data: SegmentData, name: str,
+                      base: dict[str, Any], cid: str, info: dict[str, Any], protocol: eval_protocols.Protocol,
+                      extra: bool) -> list[dict[str, Any]]:
+        ev = self.config.evaluation
         k_max = self.ks[-1]
-        cell_progress.phase(f"recommend {segment.name} ({len(data.users)} users)")
+        cell_progress.phase(f"recommend {name} ({len(data.users)} users)")
         batch = ev.batch_size or len(data.users)
         items_parts, score_parts = [], []
         # Each timing measures one thing: a first 1-user call pays one-off costs (lazy loads, allocation,
@@ -340,28 +374,36 @@ class CellRunner:
             score_parts.append(scores)
         items = np.concatenate(items_parts)
         scores = np.concatenate(score_parts)
-        self.rundir.write_topk(cid, segment.name, data.users, items, scores)
+        self.rundir.write_topk(cid, name, data.users, items, scores)
         table = score_lists(items, data, self.dataset, self.popularity, self.n_train_users, self.metric_names, self.ks)
-        self.rundir.write_per_user(cid, segment.name, data.users, table.per_user,
-                                   [f"{m}@{k}" for m, k in table.columns])
         depth = model.ranked_depth(k_max)  # a two-stage model's own positions; below them, its first stage's
-        rows = metric_rows(table, base, segment.name, len(data.users), ev.bootstrap, self.seed, ranked_depth=depth)
+        model_figures = model.extra_metrics()
+        seg_info: dict[str, Any] = {"status": "ok", "users": int(len(data.users))}
+        rows = []
+        if protocol.kind == eval_protocols.RETRIEVED:
+            table, rows = self.two_stage_figures(model, data, items, table, name, base, cid, depth, seg_info)
+        self.rundir.write_per_user(cid, name, data.users, table.per_user, [f"{m}@{k}" for m, k in table.columns])
+        # depth < k_max only for a model that leaves positions to its first stage (the probes' deeper tau column
+        # then too); a model that ranks every position it returns has no first-stage cut-off at all
+        rows = metric_rows(table, base, name, len(data.users), ev.bootstrap, self.seed,
+                           ranked_depth=depth if depth < k_max else None) + rows
         n_users = len(data.users)
-        rows.append(self.system_row(base, segment.name, "recommend_seconds", seconds) | {"n": n_users})
-        rows.append(self.system_row(base, segment.name, "users_per_second", n_users / max(seconds, 1e-12))
+        rows.append(self.system_row(base, name, "recommend_seconds", seconds) | {"n": n_users})
+        rows.append(self.system_row(base, name, "users_per_second", n_users / max(seconds, 1e-12))
                     | {"n": n_users})
-        rows.append(self.system_row(base, segment.name, "first_call_seconds", first_call) | {"n": 1})
-        rows.append(self.system_row(base, segment.name, "validate_seconds", validate_seconds) | {"n": n_users})
-        rows.extend(self.system_row(base, segment.name, name, value) for name, value in model.extra_metrics().items())
-        info["segments"][segment.name] = {"status": "ok", "users": int(n_users), "recommend_seconds": seconds,
-                                          "first_call_seconds": first_call, "validate_seconds": validate_seconds}
+        rows.append(self.system_row(base, name, "first_call_seconds", first_call) | {"n": 1})
+        rows.append(self.system_row(base, name, "validate_seconds", validate_seconds) | {"n": n_users})
+        rows.extend(self.system_row(base, name, metric, value) for metric, value in model_figures.items())
+        info["segments"][name] = seg_info | {"recommend_seconds": seconds, "first_call_seconds": first_call,
+                                             "validate_seconds": validate_seconds}
         if depth < k_max:
-            info["segments"][segment.name]["ranked_depth"] = int(depth)
+            info["segments"][name]["ranked_depth"] = int(depth)
         warning = tied_list_warning(scores)
         if warning:
-            info["segments"][segment.name]["warnings"] = [warning]
-        rows.extend(self.explain_segment(model, data, items, base, cid, info["segments"][segment.name]))
-        rows.extend(self.measure_serving(model, data, k_max, base, info["segments"][segment.name]))
+            info["segments"][name]["warnings"] = [warning]
+        if not extra:  # reasons and serving figures once per segment, under the cell's main protocol
+            rows.extend(self.explain_segment(model, data, items, base, cid, info["segments"][name]))
+            rows.extend(self.measure_serving(model, data, k_max, base, info["segments"][name]))
         return rows
 
     def explain_segment(self, model: Recommender, data: SegmentData, items: np.ndarray, base: dict[str, Any],
@@ -390,6 +432,108 @@ class CellRunner:
         for name, (value, low, high, n) in figures.items():
             rows.append(self.system_row(base, segment, name, value) | {"ci_low": low, "ci_high": high, "n": n})
         return rows
+
+    def two_stage_figures(self, model: Recommender, data: SegmentData, items: np.ndarray,
+                          table: metric_lib.MetricTable, name: str,
+                          base: dict[str, Any], cid: str, depth: int,
+                          seg_info: dict[str, Any]) -> tuple[metric_lib.MetricTable, list[dict[str, Any]]]:
+        """Under protocol "retrieved": the order-probe columns (added to ``table``), and the rows of segment
+        ``<name>+found``, the users whose held-out item the retriever found (LlamaRec's second figure)."""
+        ev = self.config.evaluation
+        assert data.candidates is not None and np.ndim(data.candidates) == 2
+        if ev.order_probes:
+            probe_k = retrieved.probe_depth(data.candidates, self.ks[-1])
+            ndcg_ks = [k for k in self.ks if k <= depth]
+
+            def ndcg(items: np.ndarray) -> np.ndarray:
+                return score_lists(items[:, :self.ks[-1]], data, self.dataset, self.popularity, self.n_train_users,
+                                   ["ndcg"], self.ks).per_user[:, [self.ks.index(k) for k in ndcg_ks]]
+
+            cell_progress.phase(f"order probes {name} ({ev.order_probes} orders)")
+            start = time.perf_counter()
+            probes = retrieved.probe_table(data.candidates, lambda cand: self.rank_all(model, data, probe_k, cand),
+                                           ndcg, ndcg_ks, ev.order_probes, self.seed,
+                                           given=items if probe_k == items.shape[1] else None)
+            probe_seconds = time.perf_counter() - start
+            model.extra_metrics()  # the probes' calls are not the segment's figures
+            table = metric_lib.MetricTable(table.columns + probes.columns,
+                                           np.column_stack([table.per_user, probes.per_user]), table.aggregate)
+            seg_info["order_probes"] = int(ev.order_probes)
+            seg_info["order_probe_seconds"] = probe_seconds  # the probes' extra recommend calls, scoring included
+        found = retrieved.found_mask(data.users, data.candidates, data.test_users, data.test_items,
+                                     self.dataset.n_items)
+        seg_info["found_users"] = int(found.sum())
+        sub = retrieved.found_table(table, found)
+        found_name = name + retrieved.FOUND
+        self.rundir.write_per_user(cid, found_name, data.users[found], sub.per_user,
+                                   [f"{m}@{k}" for m, k in sub.columns])
+        return table, metric_rows(sub, base, found_name, int(found.sum()), ev.bootstrap, self.seed,
+                                  ranked_depth=depth if depth < self.ks[-1] else None)
+
+    def rank_all(self, model: Recommender, data: SegmentData, k: int, candidates: np.ndarray) -> np.ndarray:
+        """The model's top-k of every user of ``data`` among ``candidates`` (per-user rows), in the suite's
+        batches and validated: the order probes' calls."""
+        batch = self.config.evaluation.batch_size or len(data.users)
+        parts = []
+        for lo in range(0, len(data.users), batch):
+            hist = None if data.history is None else data.history[lo:lo + batch]
+            excl = None if data.exclude is None else data.exclude[lo:lo + batch]
+            items, scores = model.recommend(data.users[lo:lo + batch], k, history=hist,
+                                            candidates=candidates[lo:lo + batch], exclude=excl)
+            items, _ = validate_topk(model.name, items, scores, n_users=len(data.users[lo:lo + batch]), k=k,
+                                     n_items=self.dataset.n_items, exclude=excl,
+                                     candidates=candidates[lo:lo + batch])
+            parts.append(items)
+        return np.concatenate(parts) if parts else np.zeros((0, k), np.int64)
+
+    def run_retriever(self, protocol: eval_protocols.Protocol, extra: bool,
+                      cid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Protocol "retrieved": fit the retriever once for this split (which stores every segment's candidates)
+        and score its own ranking as a row of its own: its top-k of the N, plus ``recall@N`` and
+        ``hit_rate@N`` over all N (its recall; the share of users whose held-out item was retrieved)."""
+        ev = self.config.evaluation
+        spec = ModelSpec(protocol.retriever, json.loads(protocol.retriever_params),
+                         retrieved.retriever_label(protocol))
+        base = self.base_row(spec, spec.params, cid) | {"protocol": protocol.label}
+        info = self.new_info(spec, cid) | {"retriever": True, "protocol": protocol.label}
+        rows: list[dict[str, Any]] = []
+        k_max = self.ks[-1]
+        for segment in self.split.segments(self.dataset):
+            name = retrieved.segment_label(segment.name, protocol, extra)
+            if not retrieved.serves(protocol, segment):
+                info["segments"][name] = {"status": "unsupported", "needs": segment.needs}
+                rows += self.unsupported_rows(base, name) + self.unsupported_rows(base, name + retrieved.FOUND)
+                continue
+            data = segment_data(self.dataset, self.split, segment, self.train.matrix, ev.exclude_train,
+                                retrieved.user_limit(ev, None, protocol), protocol=protocol, k=k_max,
+                                negatives_dir=self.rundir.splits_dir)
+            assert data.candidates is not None
+            items = data.candidates[:, :k_max]  # the retriever's order: its own top-k
+            self.rundir.write_topk(cid, name, data.users, items, -np.arange(k_max, dtype=np.float64)[None, :]
+                                   .repeat(len(items), 0))  # rank order, not the retriever's scores
+
+            def score(lists: np.ndarray, names: list[str], ks: list[int]) -> metric_lib.MetricTable:
+                return score_lists(lists, data, self.dataset, self.popularity, self.n_train_users, names, ks)
+
+            table = score(items, self.metric_names, self.ks)
+            depth = data.candidates.shape[1]
+            if depth > k_max:  # recall and hit rate of the whole candidate list: the retriever's recall@N
+                whole = score(data.candidates, ["recall", "hit_rate"], [depth])
+                table = metric_lib.MetricTable(table.columns + whole.columns,
+                                               np.column_stack([table.per_user, whole.per_user]), table.aggregate)
+            found = retrieved.found_mask(data.users, data.candidates, data.test_users, data.test_items,
+                                         self.dataset.n_items)
+            sub = retrieved.found_table(table, found)
+            found_name = name + retrieved.FOUND
+            self.rundir.write_per_user(cid, name, data.users, table.per_user, [f"{m}@{k}" for m, k in table.columns])
+            self.rundir.write_per_user(cid, found_name, data.users[found], sub.per_user,
+                                       [f"{m}@{k}" for m, k in sub.columns])
+            rows += metric_rows(table, base, name, len(data.users), ev.bootstrap, self.seed)
+            rows += metric_rows(sub, base, found_name, int(found.sum()), ev.bootstrap, self.seed)
+            info["segments"][name] = {"status": "ok", "users": int(len(data.users)),
+                                      "found_users": int(found.sum()), "n_candidates": int(depth)}
+        info["status"] = "ok"
+        return rows, info
 
     def measure_serving(self, model: Recommender, data: SegmentData, k: int, base: dict[str, Any],
                         segment_info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -449,6 +593,53 @@ def plan_cells(config: SuiteConfig) -> list[tuple[DatasetSpec, int, SplitSpec, M
                     if mspec.splits is None or sspec.kind in mspec.splits:
                         cells.append((dspec, seed, sspec, mspec))
     return cells
+
+
+RetrieverCell = tuple[DatasetSpec, int, SplitSpec, ModelSpec, eval_protocols.Protocol, bool]
+
+
+def retriever_plan(config: SuiteConfig) -> list[RetrieverCell]:
+    """One retriever cell per dataset x seed x split under each "retrieved" protocol of the suite (with
+    whether that protocol is an extra one); ``bench score`` rescores them like every cell."""
+    protocols = [(p, i > 0) for i, p in enumerate(eval_protocols.cell_protocols(config.evaluation))
+                 if p.kind == eval_protocols.RETRIEVED]
+    cells = plan_cells(config)
+    groups = list(dict.fromkeys((id(d), seed, id(s)) for d, seed, s, _m in cells))
+    by_key = {(id(d), seed, id(s)): (d, seed, s) for d, seed, s, _m in cells}
+    return [(*by_key[key], ModelSpec(protocol.retriever, json.loads(protocol.retriever_params),
+                                     retrieved.retriever_label(protocol)), protocol, extra)
+            for protocol, extra in protocols for key in groups
+            if retrieved.applies(config.evaluation, protocol, by_key[key][2].kind)]
+
+
+def retriever_cells(config: SuiteConfig, run_id: str, run_dir: Path,
+                    prepare: Callable[..., tuple[Dataset, Split, TrainData]], force: bool,
+                    say: Progress, cache_dir: Path | None = None) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Protocol "retrieved": per split and seed, the retriever fitted once in this process, its candidates
+    stored for every cell (before any cell runs), and its own ranking scored as a cell of its own."""
+    from bench.execution import CellResult
+
+    out: list[tuple[str, list[dict[str, Any]]]] = []
+    folder = RunDir(run_dir)
+    for dspec, seed, sspec, spec, protocol, extra in retriever_plan(config):
+        cid = cell_id(dspec, sspec, spec, seed, config)
+        info = None if force else folder.read_cell(cid)
+        if info is None:
+            dataset, split, train = prepare(dspec, seed, sspec)
+            runner = CellRunner(config, run_id, run_dir, dataset, dspec, split, sspec, train, seed, cache_dir)
+            diskcache.use_root(cache_dir)  # a retriever that loads a checkpoint reads the run's cache home
+            start = time.perf_counter()
+            try:
+                rows, info = runner.run_retriever(protocol, extra, cid)
+            except Exception as exc:  # the retriever's failure ends the run: no model could be scored
+                raise BenchError(f"{config.source}: retriever '{protocol.retriever}' on {dspec.name} "
+                                 f"{sspec.kind} seed={seed}: {type(exc).__name__}: {exc}") from exc
+            write_cell(run_dir, cid, CellResult(rows, info))
+            say(f"{dspec.name} {sspec.kind} seed={seed} {spec.label}: candidates retrieved and stored "
+                f"in {time.perf_counter() - start:.1f}s")
+            info["rows"] = rows
+        out.append((cid, info["rows"]))
+    return out
 
 
 def run_key(config: SuiteConfig) -> str:
@@ -528,6 +719,9 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
     pending = [(d, seed, s) for (d, seed, s, _m), cid in zip(cells, order) if force or not folder.cell_done(cid)]
     for dspec, seed, sspec in pending:  # every data or split problem surfaces before the first cell runs
         prepare(dspec, seed, sspec)
+    for cid, rows in retriever_cells(config, run_id, run_dir, prepare, force, say, data.cache_dir):
+        order.append(cid)  # the retriever's own ranking: one row set per split (bench.retrieved)
+        rows_by_cell[cid] = rows
 
     spec = config.execution
     executor = None

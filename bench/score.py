@@ -26,13 +26,14 @@ import numpy as np
 from bench import grid
 from bench import metrics as metric_lib
 from bench import protocols as eval_protocols
+from bench import retrieved
 from bench.config import config_from_dict
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.data.dataset import train_data
 from bench.errors import ConfigError
 from bench.results import write_tables
 from bench.rundir import RunDir
-from bench.runner import cell_id, metric_rows, plan_cells, score_lists, segment_data
+from bench.runner import cell_id, metric_rows, plan_cells, retriever_plan, score_lists, segment_data
 from bench.specs import DatasetSpec, ModelSpec, SplitSpec, SuiteConfig
 from bench.splits import SPLITS, Split, fingerprint
 
@@ -154,32 +155,49 @@ def score_cell(folder: RunDir, config: SuiteConfig, dataset: Dataset, split: Spl
     train = train_data(dataset, split.train)
     popularity = np.bincount(train.item, minlength=dataset.n_items)
     n_train_users = int(np.unique(train.user).size)
-    limits = [n for n in (ev.max_test_users, mspec.max_test_users) if n]
-    max_users = min(limits) if limits else 0
-    protocol = eval_protocols.from_evaluation(ev)
     new: list[dict[str, Any]] = []
     scored = 0
-    for segment in split.segments(dataset):
-        state = info.get("segments", {}).get(segment.name, {})
-        if state.get("status") == "unsupported":
-            new.extend(base | {"segment": segment.name, "metric": name, "k": k, "value": float("nan"),
-                               "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "status": "unsupported"}
-                       for name, k in metric_lib.metric_columns(entries, ks))
+    protocols = list(enumerate(eval_protocols.cell_protocols(ev)))
+    if info.get("retriever"):  # a retriever's own ranking (bench.runner.run_retriever): its protocol's segments
+        protocols = [(i, p) for i, p in protocols if p.label == info.get("protocol")]
+    for i, protocol in protocols:
+        if not retrieved.applies(ev, protocol, split.kind):
             continue
-        topk = folder.read_topk(cid, segment.name)
-        if topk is None:
-            raise ConfigError(f"{folder.path}: cell {cid} ({mspec.label}) has no top-k lists for segment "
-                              f"'{segment.name}'; it cannot be rescored (re-run it with bench run --force)")
-        data = segment_data(dataset, split, segment, train.matrix, ev.exclude_train, max_users, protocol=protocol,
-                            k=max(ev.k), negatives_dir=folder.splits_dir)
-        if not np.array_equal(data.users, topk.users):
-            raise ConfigError(f"{folder.path}: cell {cid} segment '{segment.name}': the stored lists are for other "
-                              f"users than the split gives now; the run folder does not match its config")
-        table = score_lists(topk.items, data, dataset, popularity, n_train_users, entries, ks)
-        _merge_per_user(folder, cid, segment.name, topk.users, table.per_user, [f"{m}@{k}" for m, k in table.columns])
-        new.extend(metric_rows(table, base, segment.name, len(data.users), ev.bootstrap, seed,
-                               ranked_depth=state.get("ranked_depth")))
-        scored += 1
+        max_users = retrieved.user_limit(ev, mspec.max_test_users, protocol)
+        found_suffix = retrieved.FOUND if protocol.kind == eval_protocols.RETRIEVED else None
+        p_base = base | {"protocol": protocol.label}
+        for segment in split.segments(dataset):
+            name = retrieved.segment_label(segment.name, protocol, i > 0)
+            state = info.get("segments", {}).get(name, {})
+            if state.get("status") == "unsupported":
+                names = [name] + ([name + found_suffix] if found_suffix else [])
+                new.extend(p_base | {"segment": n, "metric": metric, "k": k, "value": float("nan"),
+                                     "ci_low": float("nan"), "ci_high": float("nan"), "n": 0,
+                                     "status": "unsupported"}
+                           for n in names for metric, k in metric_lib.metric_columns(entries, ks))
+                continue
+            topk = folder.read_topk(cid, name)
+            if topk is None:
+                raise ConfigError(f"{folder.path}: cell {cid} ({mspec.label}) has no top-k lists for segment "
+                                  f"'{name}'; it cannot be rescored (re-run it with bench run --force)")
+            data = segment_data(dataset, split, segment, train.matrix, ev.exclude_train, max_users,
+                                protocol=protocol, k=max(ev.k), negatives_dir=folder.splits_dir)
+            if not np.array_equal(data.users, topk.users):
+                raise ConfigError(f"{folder.path}: cell {cid} segment '{name}': the stored lists are for other "
+                                  f"users than the split gives now; the run folder does not match its config")
+            table = score_lists(topk.items, data, dataset, popularity, n_train_users, entries, ks)
+            _merge_per_user(folder, cid, name, topk.users, table.per_user, [f"{m}@{k}" for m, k in table.columns])
+            new.extend(metric_rows(table, p_base, name, len(data.users), ev.bootstrap, seed,
+                                   ranked_depth=state.get("ranked_depth")))
+            if found_suffix:  # LlamaRec's second figure: the users whose held-out item was retrieved
+                found = retrieved.found_mask(data.users, data.candidates, data.test_users, data.test_items,
+                                             dataset.n_items)
+                sub = retrieved.found_table(table, found)
+                _merge_per_user(folder, cid, name + found_suffix, topk.users[found], sub.per_user,
+                                [f"{m}@{k}" for m, k in sub.columns])
+                new.extend(metric_rows(sub, p_base, name + found_suffix, int(found.sum()), ev.bootstrap, seed,
+                                       ranked_depth=state.get("ranked_depth")))
+            scored += 1
     return new, scored
 
 
@@ -198,7 +216,8 @@ def score_run(run_dir: Path, *, metrics: list[str] | None = None, ks: list[int] 
     datasets: dict[str, Dataset] = {}
     splits: dict[tuple[str, str], Split] = {}
     all_rows: list[dict[str, Any]] = []
-    plan: list[tuple[DatasetSpec, int, SplitSpec, ModelSpec]] = plan_cells(config)
+    plan: list[tuple[DatasetSpec, int, SplitSpec, ModelSpec]] = plan_cells(config) + [
+        cell[:4] for cell in retriever_plan(config)]  # the retrievers' own rankings too (protocol "retrieved")
     for dspec, seed, sspec, mspec in plan:
         cid = cell_id(dspec, sspec, mspec, seed, config)
         info = folder.read_cell(cid)

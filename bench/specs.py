@@ -322,6 +322,16 @@ class EvaluationSpec:
     # "full" ranking, or "uniN" / "popN" sampled negatives (bench.protocols); part of every cell's identity
     protocol: str = "full"
     negatives_per: str = "test_item"  # sampled protocols: N per "test_item" (RecBole) or per "user" (Elliot)
+    # more protocols each cell is scored under after the main one (same fit, rows with their own protocol
+    # label and segments "<segment>@<label>"), e.g. ["retrieved"]
+    extra_protocols: list[str] = field(default_factory=list)
+    # protocol "retrieved" (bench.retrieved): the model proposing every user's candidates and how many
+    retriever: dict[str, Any] = field(default_factory=dict)  # { name = "als", params = {...} }
+    n_candidates: int = 0
+    order_probes: int = 0  # >= 2: score the retrieved candidates in this many orders (bench.retrieved)
+    retrieved_splits: list[str] = field(default_factory=list)  # split kinds scored under "retrieved"; [] = all
+    # under "retrieved", every model (and the retriever's row) scores at most this many users per segment
+    retrieved_max_test_users: int = 0
     # [evaluation.systems] / [evaluation.realtime]: latency, throughput, memory; freshness replay
     systems: SystemsSpec = field(default_factory=SystemsSpec)
     realtime: RealtimeSpec = field(default_factory=RealtimeSpec)

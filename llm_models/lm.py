@@ -235,7 +235,11 @@ class LLMRerank(LMRecommender):
     the first-stage order with scores ``1 / (2 + rank)``. Those are the first
     stage's, not this model's: :meth:`ranked_depth` says so, and the runner
     marks metrics at k > ``n_candidates`` as ``first_stage`` rather than
-    crediting them to the reranker (rank k candidates to be scored at k). The user's history
+    crediting them to the reranker (rank k candidates to be scored at k). Under the
+    ``retrieved`` protocol (bench.retrieved) the harness's shared candidates replace the
+    private first stage: the LM scores every one of them and ranks every position. Each
+    candidate is scored on its own (its own prompt), so the candidates' order is not read
+    (``reads_candidate_order`` is False; only equal P(yes) keep the order given). The user's history
     prefix is run once and its KV cache shared by every candidate
     (``share_prefix = false`` re-encodes it per candidate: same numbers, slower).
     Cold users and cold items are served when the first stage serves them.
@@ -269,6 +273,7 @@ class LLMRerank(LMRecommender):
         stage_device = self.device if self.device.split(":")[0] in stage_cls.capabilities.devices else "cpu"
         self.first_stage: Recommender = stage_cls(seed=self.seed, device=stage_device, **p["first_stage_params"])
         explain_lib.check_params(self.name, p)
+        self.shared_candidates = False  # rank_shared_candidates: the protocol's candidates replace the first stage
         own, stage = type(self).capabilities, stage_cls.capabilities
         self.capabilities = Capabilities(cold_users=stage.cold_users, cold_users_zero_shot=stage.cold_users_zero_shot,
                                          cold_items=stage.cold_items, devices=own.devices,
@@ -290,9 +295,13 @@ class LLMRerank(LMRecommender):
         self.finetune(np.random.default_rng(self.seed))
         runtime.synchronize(self.device)
 
+    def rank_shared_candidates(self, shared: bool) -> None:
+        self.shared_candidates = shared
+
     def ranked_depth(self, k: int) -> int:
-        """The LM orders only the first ``n_candidates`` positions; the tail is the first stage's order."""
-        return min(k, int(self.params["n_candidates"]))
+        """The LM orders only the first ``n_candidates`` positions; the tail is the first stage's order
+        (every position when it ranks the protocol's shared candidates)."""
+        return k if self.shared_candidates else min(k, int(self.params["n_candidates"]))
 
     def suffix_ids(self, item: int) -> list[int]:
         return self.encode(f'Will the user like "{self.texts[item]}"? Answer:')
@@ -366,6 +375,8 @@ class LLMRerank(LMRecommender):
                   candidates: np.ndarray | None = None,
                   exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
         user_ids = np.asarray(user_ids)
+        if self.shared_candidates and candidates is not None and np.ndim(candidates) == 2:
+            return self.rank_given(user_ids, k, np.asarray(candidates), history, exclude)
         n_rerank = self.params["n_candidates"]
         stage_items, _ = self.first_stage.recommend(user_ids, max(k, n_rerank), history=history,
                                                     candidates=candidates, exclude=exclude)
@@ -384,6 +395,27 @@ class LLMRerank(LMRecommender):
             items[row], scores[row] = ranked, ranked_scores
         self.counters["llm_candidates_scored"] = self.counters.get("llm_candidates_scored", 0.0) + float(
             len(user_ids) * min(n_rerank, stage_items.shape[1]))
+        runtime.synchronize(self.device)
+        return items, scores
+
+
+    def rank_given(self, user_ids: np.ndarray, k: int, candidates: np.ndarray, history: list[np.ndarray] | None,
+                   exclude: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
+        """Every candidate of each user's row (-1 padding and excluded items left out) scored by the LM,
+        scores ``1 + P(yes)``; equal P(yes) keep the row's order."""
+        histories = self.user_histories(user_ids, history)
+        items = np.zeros((len(user_ids), k), np.int64)
+        scores = np.zeros((len(user_ids), k), np.float64)
+        scored = 0
+        for row, hist in enumerate(histories):
+            head = candidates[row][candidates[row] >= 0]
+            if exclude is not None and exclude.nnz:
+                head = head[~np.isin(head, exclude[row].indices)]
+            p_yes = self.p_yes(self.prefix_ids(hist), head)
+            order = np.lexsort((np.arange(len(head)), -p_yes))[:k]
+            items[row], scores[row] = head[order], 1.0 + p_yes[order]
+            scored += len(head)
+        self.counters["llm_candidates_scored"] = self.counters.get("llm_candidates_scored", 0.0) + float(scored)
         runtime.synchronize(self.device)
         return items, scores
 

@@ -36,6 +36,7 @@ import pandas as pd
 
 from bench import registry
 from bench.explanations import EXPLAIN_SECONDS, METRIC_FIELDS
+from bench import registry, retrieved
 from bench.metrics import DEFAULT_METRICS
 from bench.report import units
 from bench.report.rundata import RunData
@@ -391,6 +392,8 @@ def leaderboards(run: RunData) -> list[Leaderboard]:
                             str(sub["split_params"].iloc[0]) if len(sub) else "", columns, models, cells,
                             n_users, seeds, values=values)
         board.sampled = _sampled_models(board)
+        if (protocol_note := retrieved.board_note(key.protocol, key.segment)) is not None:
+            board.notes.append(protocol_note)
         _mark_best_and_ties(board, values)
         if board.sampled:
             board.same_users = same_users_table(board)

@@ -54,8 +54,10 @@ def case(ml100k) -> Case:
     model.fit(train)
     users = np.unique(ml100k.user[split.test])
     items, _ = model.recommend(users, K, exclude=train.matrix[users])
+    # every metric of one list: the order probes' metrics compare several lists (tests/test_retrieved.py), and
+    # explanation metrics score a model's reasons (bench.explanations)
     names = [n for n in registry.metrics.names() if isinstance(m := registry.metrics.get(n), M.Metric)
-             and m.needs != "explanations"]  # those score a model's reasons, not top-k lists (bench.explanations)
+             and m.needs not in (M.ORDER_PROBES, "explanations")]
     return Case(users, np.asarray(items), ml100k.user[split.test], ml100k.item[split.test], ml100k.n_items,
                 np.bincount(train.item, minlength=ml100k.n_items), int(np.unique(train.user).size),
                 ml100k.item_categories, names, np.random.default_rng(0).uniform(1.0, 50.0, ml100k.n_items))
