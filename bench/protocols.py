@@ -3,7 +3,7 @@
 Published numbers are only comparable under the same protocol, and frameworks
 default differently (RecBole ranks everything unless told ``uni100``; many papers
 rank 1 positive + 99 or 100 sampled negatives). A suite names its protocol in
-``[evaluation] protocol = "full" | "uniN" | "popN"``; the protocol is part of each
+``[evaluation] protocol = "full" | "uniN" | "popN" | "pointwise"``; the protocol is part of each
 cell's identity and is written in the ``protocol`` column of every result row.
 
 Sampled protocols (what bench implements, precisely):
@@ -26,6 +26,10 @@ Sampled protocols (what bench implements, precisely):
   score ties never favour the positives; test items that the protocol excludes
   (training items, with ``exclude_train``) are left out of the row, as they can
   never be recommended under full ranking either, and still count in |T_u|.
+
+``pointwise`` is not a ranking protocol: each model scores the split's labelled test
+pairs (explicit feedback, liked = value >= ``label_threshold``) and is judged by AUC,
+GAUC and log loss (bench.pointwise).
 
 Negatives depend only on the split (fingerprint and seed), the protocol and the
 pool: they are drawn once, stored beside the split in the run folder
@@ -56,18 +60,24 @@ _PATTERN = re.compile(r"^(full|uni|pop)(\d*)$")
 class Protocol:
     """Which candidates each test user's items are ranked among."""
 
-    kind: str = "full"  # "full", "uni" (uniform negatives) or "pop" (popularity-weighted)
+    kind: str = "full"  # "full", "uni" (uniform negatives), "pop" (popularity-weighted) or "pointwise"
     n_negatives: int = 0  # N of uniN / popN
     negatives_per: str = "test_item"  # "test_item" (RecBole) or "user" (Elliot)
     exclude_train: bool = True
+    label_threshold: float = 4.0  # pointwise: a test pair is liked (label 1) when its value is >= this
 
     @property
     def name(self) -> str:
-        return "full" if self.kind == "full" else f"{self.kind}{self.n_negatives}"
+        return self.kind if self.kind in ("full", "pointwise") else f"{self.kind}{self.n_negatives}"
 
     @property
     def sampled(self) -> bool:
-        return self.kind != "full"
+        return self.kind in ("uni", "pop")
+
+    @property
+    def pointwise(self) -> bool:
+        """Labelled pairs scored one by one (bench.pointwise), not ranked lists."""
+        return self.kind == "pointwise"
 
     @property
     def label(self) -> str:
@@ -77,6 +87,8 @@ class Protocol:
         marks that training items were *not* excluded from the rankings.
         """
         text = self.name
+        if self.pointwise:
+            return f"pointwise>={self.label_threshold:g}"
         if self.sampled and self.negatives_per == "user":
             text += "/user"
         if not self.exclude_train:
@@ -89,14 +101,21 @@ class Protocol:
 
 
 def parse_protocol(text: str, *, negatives_per: str = "test_item", exclude_train: bool = True,
-                   source: str = "") -> Protocol:
-    """``"full"``, ``"uni100"`` or ``"pop50"`` -> Protocol; anything else is a ConfigError naming the fix."""
+                   source: str = "", label_threshold: float = 4.0) -> Protocol:
+    """``"full"``, ``"uni100"``, ``"pop50"`` or ``"pointwise"`` -> Protocol; anything else is a ConfigError
+    naming the fix."""
     where = f"{source}: " if source else ""
+    if str(text).strip().lower() == "pointwise":
+        if isinstance(label_threshold, bool) or not isinstance(label_threshold, (int, float)):
+            raise ConfigError(f"{where}evaluation.label_threshold = {label_threshold!r} must be a number "
+                              f"(a pair is liked when its rating is >= it, e.g. 4)")
+        return Protocol("pointwise", exclude_train=exclude_train, label_threshold=float(label_threshold))
     match = _PATTERN.match(str(text).strip().lower())
     if not match or (match.group(1) == "full" and match.group(2)) or (match.group(1) != "full" and not match.group(2)):
         raise ConfigError(f"{where}evaluation.protocol = {text!r} is not valid; use \"full\" (rank the whole "
-                          f"catalogue), \"uniN\" (N uniform negatives, e.g. \"uni100\") or \"popN\" "
-                          f"(N popularity-weighted negatives, e.g. \"pop100\")")
+                          f"catalogue), \"uniN\" (N uniform negatives, e.g. \"uni100\"), \"popN\" "
+                          f"(N popularity-weighted negatives, e.g. \"pop100\") or \"pointwise\" "
+                          f"(score labelled test pairs: AUC, GAUC, log loss)")
     kind, digits = match.group(1), match.group(2)
     n = int(digits) if digits else 0
     if kind != "full" and n < 1:
@@ -111,7 +130,8 @@ def from_evaluation(evaluation: object) -> Protocol:
     """The protocol of an ``EvaluationSpec`` (duck-typed, so bench.config need not be imported here)."""
     return parse_protocol(getattr(evaluation, "protocol", "full"),
                           negatives_per=getattr(evaluation, "negatives_per", "test_item"),
-                          exclude_train=getattr(evaluation, "exclude_train", True))
+                          exclude_train=getattr(evaluation, "exclude_train", True),
+                          label_threshold=getattr(evaluation, "label_threshold", 4.0))
 
 
 # -- drawing and storing negatives ---------------------------------------------

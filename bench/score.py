@@ -157,6 +157,9 @@ def score_cell(folder: RunDir, config: SuiteConfig, dataset: Dataset, split: Spl
     limits = [n for n in (ev.max_test_users, mspec.max_test_users) if n]
     max_users = min(limits) if limits else 0
     protocol = eval_protocols.from_evaluation(ev)
+    if protocol.pointwise:
+        raise ConfigError(f"{folder.path}: a pointwise run scores labelled pairs, not stored top-k lists; its "
+                          f"metrics (auc, gauc, logloss) are all written by bench run, so there is nothing to rescore")
     new: list[dict[str, Any]] = []
     scored = 0
     for segment in split.segments(dataset):
