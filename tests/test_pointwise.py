@@ -191,6 +191,19 @@ def test_run_scores_the_same_pairs_for_every_model_and_logloss_only_when_calibra
     users = np.unique(stored["users"])
     assert len(users) == 12  # max_test_users: the seeded sample, the same for every model
 
+    # the report: the pair table (logloss "not a probability" for ALS) and the AUC-vs-examples curve
+    from bench.report.pointwise import pointwise_tables
+    from bench.report.render import write_report
+    from bench.report.rundata import load_run
+
+    table = pointwise_tables(load_run(summary.run_dir))[0]
+    by_model = {row[0]: row for row in table.rows}
+    assert by_model["als"][3] == "not a probability" and by_model["llm-rerank-16"][3][0].isdigit()
+    auc_als = frame[(frame["model"] == "als") & (frame["metric"] == "auc")]["value"].iloc[0]
+    assert by_model["als"][1].startswith(f"{auc_als:.3g}"[:4])
+    html = write_report(summary.run_dir, markdown=False).html.read_text()
+    assert 'id="pointwise"' in html and "AUC against labelled examples" in html
+
 
 def test_default_score_pairs_is_the_models_own_score():
     from bench import registry

@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 
 from bench.report import plots as plot_lib
+from bench.report import pointwise as pointwise_report
 from bench.report import tables, units
 from bench.report.markdown import leaderboard_markdown
 from bench.report.style import GLYPHS, by_family, run_styles
@@ -98,6 +99,8 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
     coldstart, coldstart_notes = plot_lib.coldstart_plots(run, metric, styles)
     realtime, realtime_notes = plot_lib.realtime_plots(run, styles)
     systems = tables.systems_tables(run)
+    pointwise = pointwise_report.pointwise_tables(run)  # CTR-style runs (bench.pointwise); [] otherwise
+    pointwise_plots = pointwise_report.few_shot_plots(run, styles)
     metric_docs = []
     for key in available:
         name = key.split("@")[0]
@@ -122,7 +125,8 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
         "method": tables.SIGNIFICANCE_METHOD, "alpha": tables.ALPHA, "compare": compare,
         "tradeoff": tradeoff, "coldstart": coldstart, "coldstart_notes": coldstart_notes,
         "realtime": realtime, "realtime_notes": realtime_notes, "realtime_tables": tables.realtime_tables(run),
-        "systems": systems, "models": tables.model_details(run),
+        "systems": systems, "pointwise": pointwise, "pointwise_plots": pointwise_plots,
+        "models": tables.model_details(run),
         "model_index": {m: i for i, m in enumerate(run.model_order())}, "metric_docs": metric_docs,
         "css": _css(), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "isfinite": math.isfinite,

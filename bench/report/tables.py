@@ -84,7 +84,7 @@ SERVE_FIGURES: dict[str, str] = {
     "timer_overhead_ns": "timer overhead",
 }
 THROUGHPUT_PREFIX = "throughput_users_per_s@batch="
-NOT_FIGURES = {"error"}
+NOT_FIGURES = {"error", "auc", "gauc", "logloss"}  # pair metrics (k = 0) have their own section (report.pointwise)
 # bench.realtime's segments: shown in the real-time section, not in leaderboards or systems tables
 REALTIME_SEGMENTS = ("replay:", "update-cost")
 
