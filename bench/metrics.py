@@ -509,7 +509,7 @@ def auc_metric(x: PairInputs, k: int = 0) -> np.ndarray:
 
 
 @_pair_metric("gauc", True, "pointwise protocol: per-user AUC weighted by the user's pairs; one-class users "
-                            "skipped (counted in the cell's pair_users_skipped row)")
+                            "skipped (counted in the row gauc_users_skipped)")
 def gauc_metric(x: PairInputs, k: int = 0) -> np.ndarray:
     return np.array([group_auc(x.users, x.labels, x.scores)[0]])
 

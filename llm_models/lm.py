@@ -193,6 +193,11 @@ class LLMRerank(LMRecommender):
     prefix is run once and its KV cache shared by every candidate
     (``share_prefix = false`` re-encodes it per candidate: same numbers, slower).
     Cold users and cold items are served when the first stage serves them.
+
+    Under the pointwise protocol (bench.pointwise) :meth:`score_pairs` returns P(yes) for each labelled
+    pair straight from the LM (no first stage), a probability (``Capabilities.calibrated``), and
+    ``train_labels = "rating"`` fine-tunes TALLRec-style on ``train_examples`` labelled training
+    pairs (liked = " Yes") instead of liked-versus-random items.
     """
 
     name = "llm-rerank"
@@ -247,7 +252,8 @@ class LLMRerank(LMRecommender):
             self.examples = self.labelled_examples(train)
         self.finetune(np.random.default_rng(self.seed))
         if self.params["train_labels"] == "rating":
-            self.training["labelled_examples"] = int(len(self.examples[0]))
+            # examples learnt from: none without a step (max_steps = 0 is the untuned checkpoint)
+            self.training["labelled_examples"] = int(len(self.examples[0])) if self.training["steps"] else 0
             self.training["labelled_liked_share"] = float(self.examples[2].mean()) if len(self.examples[0]) else 0.0
         runtime.synchronize(self.device)
 

@@ -57,13 +57,16 @@ def test_gauc_hand_worked_and_against_sklearn_per_user():
     assert M.group_auc(users, labels, scores)[0] == pytest.approx(expected_num / expected_den, abs=1e-12)
 
 
-def test_pair_metrics_are_listed_and_refused_by_ranking_scoring():
+def test_pair_metrics_are_listed_and_refused_by_ranking_scoring(capsys):
     from bench.listing import list_metrics
 
     listed = list_metrics().set_index("name")
     for name in ("auc", "gauc", "logloss"):
         assert listed.loc[name, "needs"] == "pairs"
     assert listed.loc["logloss", "direction"] == "lower is better"
+    assert main(["list", "metrics"]) == 0
+    printed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert {"auc", "gauc", "logloss"} <= printed
     with pytest.raises(ConfigError, match="protocol = \"pointwise\""):
         M.compute(M.EvalInputs(np.zeros((1, 1), int), np.zeros((1, 1), bool), np.ones(1, int), 1, np.ones(1, int),
                                1, None), ["auc"], [1])
