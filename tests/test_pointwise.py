@@ -174,6 +174,10 @@ def test_run_scores_the_same_pairs_for_every_model_and_logloss_only_when_calibra
     assert summary.failed == 0, summary.failures
     frame = summary.frame
     assert set(frame["protocol"]) == {"pointwise>=4"}
+    from bench.cli import summary_table
+
+    printed = summary_table(frame)  # the end-of-run summary shows the pair metrics, logloss "–" when unsupported
+    assert "gauc" in printed and "pointwise>=4" in printed and "not probabilities" in printed
     folder = RunDir(summary.run_dir)
     cells = folder.cells()
     digests = {info["segments"]["all"]["pairs_digest"] for info in cells.values()}

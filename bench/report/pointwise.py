@@ -99,7 +99,7 @@ def few_shot_plots(run: RunData, styles: dict[str, Style]) -> list[Plot]:
             st = style_of(styles, first)
             xs = [position[int(n)] for n in points["examples"]]
             ax.plot(xs, points["value"], color=st.color, marker=st.marker, markersize=MARKER_SIZE,
-                    label=plain(f"{base} (fine-tuned on N labelled examples)"), gid=model_gid(first))
+                    label=plain(f"{base} (tuned on N examples)"), gid=model_gid(first))
             low, high = points["ci_low"].to_numpy(float), points["ci_high"].to_numpy(float)
             if np.isfinite(low).all() and np.isfinite(high).all():
                 ax.fill_between(xs, low, high, color=st.color, alpha=0.12, linewidth=0)
