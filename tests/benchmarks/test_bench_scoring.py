@@ -54,7 +54,8 @@ def case(ml100k) -> Case:
     model.fit(train)
     users = np.unique(ml100k.user[split.test])
     items, _ = model.recommend(users, K, exclude=train.matrix[users])
-    names = [n for n in registry.metrics.names() if isinstance(registry.metrics.get(n), M.Metric)]
+    names = [n for n in registry.metrics.names() if isinstance(registry.metrics.get(n), M.Metric)
+             and registry.metrics.get(n).needs != "pairs"]  # auc/gauc/logloss score labelled pairs, not lists
     return Case(users, np.asarray(items), ml100k.user[split.test], ml100k.item[split.test], ml100k.n_items,
                 np.bincount(train.item, minlength=ml100k.n_items), int(np.unique(train.user).size),
                 ml100k.item_categories, names, np.random.default_rng(0).uniform(1.0, 50.0, ml100k.n_items))
