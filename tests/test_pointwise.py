@@ -210,6 +210,7 @@ def test_run_scores_the_same_pairs_for_every_model_and_logloss_only_when_calibra
     assert by_model["als"][1].startswith(f"{auc_als:.3g}"[:4])
     html = write_report(summary.run_dir, markdown=False).html.read_text()
     assert 'id="pointwise"' in html and "AUC against labelled examples" in html
+    assert 'see <a href="#pointwise">' in html  # "at a glance" points to the pair section, no empty leaderboard
 
 
 def test_default_score_pairs_is_the_models_own_score():
