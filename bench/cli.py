@@ -125,6 +125,15 @@ def summary_table(frame: pd.DataFrame) -> str:
     """A compact leaderboard: NDCG and Recall at the middle cut-off, plus fit time, per segment."""
     ok = frame[frame["status"] == "ok"]
     accuracy = ok[ok["k"] > 0]
+    pairs = frame[(frame["k"] == 0) & frame["metric"].isin(["auc", "gauc", "logloss"])]
+    if accuracy.empty and not pairs.empty:  # the pointwise protocol: labelled pairs, no cut-offs
+        table = pairs.pivot_table(index=["dataset", "split", "protocol", "segment", "model"], columns="metric",
+                                  values="value", aggfunc="mean", dropna=False)
+        table["pairs"] = frame[frame["metric"] == "test_pairs"].groupby(
+            ["dataset", "split", "protocol", "segment", "model"])["value"].max()
+        return table.round(4).to_string().replace("NaN", "–") + (
+            "\nlogloss '–': the model's scores are not probabilities (Capabilities.calibrated)"
+            if (pairs["status"] == "unsupported").any() else "")
     if accuracy.empty:
         return "(no scored cells)"
     ks = sorted(accuracy["k"].unique())

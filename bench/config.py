@@ -56,7 +56,7 @@ _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": 
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
          "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str,
          "extra_protocols": list, "retriever": dict, "n_candidates": int, "order_probes": int,
-         "retrieved_splits": list, "retrieved_max_test_users": int}
+         "retrieved_splits": list, "retrieved_max_test_users": int, "label_threshold": (int, float)}
 _DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -180,6 +180,7 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
         if kind not in kinds:
             raise ConfigError(f"{source}: evaluation.retrieved_splits names '{kind}', which is not a kind in "
                               f"[[splits]] ({', '.join(kinds)})")
+    _check_pointwise(evaluation, splits, models, source)
     if evaluation.bootstrap < 0 or evaluation.batch_size < 0 or evaluation.max_test_users < 0:
         raise ConfigError(f"{source}: evaluation.bootstrap, batch_size and max_test_users must be >= 0")
 
@@ -315,11 +316,40 @@ def _check_metrics_and_protocol(evaluation: EvaluationSpec, source: str) -> None
     if evaluation.protocol.strip().lower() == "retrieved":
         return  # its k bound (n_candidates >= max k) was checked with it
     protocol = parse_protocol(evaluation.protocol, negatives_per=evaluation.negatives_per,
-                              exclude_train=evaluation.exclude_train, source=source)
+                              exclude_train=evaluation.exclude_train, source=source,
+                              label_threshold=evaluation.label_threshold)
     if protocol.sampled and k_max > protocol.min_candidates():
         raise ConfigError(f"{source}: evaluation.k goes up to {k_max}, but protocol '{protocol.name}' may leave a user "
                           f"only {protocol.min_candidates()} candidates; use k <= {protocol.min_candidates()} "
                           f"or more negatives")
+
+
+def _check_pointwise(evaluation: EvaluationSpec, splits: list[SplitSpec], models: list[ModelSpec],
+                     source: str) -> None:
+    """``protocol = "pointwise"`` scores labelled pairs: only pair metrics, warm splits, no grids; and the
+    pair metrics (auc, gauc, logloss) only under it. Checked before anything runs."""
+    from bench.pointwise import WARM_SPLITS
+
+    pointwise = str(evaluation.protocol).strip().lower() == "pointwise"
+    pair_entries = [e for e in evaluation.metrics if metric_lib.parse_metric_entry(e)[0] in metric_lib.PAIR_METRICS]
+    if not pointwise:
+        if pair_entries:
+            raise ConfigError(f"{source}: evaluation.metrics lists {', '.join(pair_entries)}, which score labelled "
+                              f"(user, item) pairs; set evaluation.protocol = \"pointwise\" or drop them")
+        return
+    others = [e for e in evaluation.metrics if e not in pair_entries]
+    if others:
+        raise ConfigError(f"{source}: evaluation.protocol = \"pointwise\" scores labelled pairs, so evaluation.metrics "
+                          f"can only hold {', '.join(metric_lib.PAIR_METRICS)}; drop {', '.join(others)} "
+                          f"(or leave metrics empty for all three)")
+    for spec in splits:
+        if spec.kind not in WARM_SPLITS:
+            raise ConfigError(f"{source}: split kind '{spec.kind}' has cold users or cold items, which the pointwise "
+                              f"protocol does not score; use one of {', '.join(WARM_SPLITS)}")
+    for spec in models:
+        if spec.grid_of:
+            raise ConfigError(f"{source}: model '{spec.grid_of}' has a grid, whose winner is picked on a ranking "
+                              f"metric; under the pointwise protocol list one [[models]] entry per setting instead")
 
 
 def _check_model_params(spec: ModelSpec, where: str, source: str) -> None:

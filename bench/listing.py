@@ -242,7 +242,10 @@ def describe_metric(name: str) -> str:
     get_metric(name)  # unknown names: a clear error
     row = list_metrics().set_index("name").loc[name]
     return "\n".join([f"{name}: {row['formula']}", f"  direction: {row['direction']}",
-                      f"  needs:     {row['needs']}" + ("" if row["per_user"] else " (one value per list set, no CI)")]
+                      f"  needs:     {row['needs']}" + (
+                          " (labelled pairs of protocol = \"pointwise\"; one value per segment, CI by a bootstrap "
+                          "over users)" if row["needs"] == "pairs" else
+                          "" if row["per_user"] else " (one value per list set, no CI)")]
                      + ([f"  variant of: {row['variant_of']}"] if row["variant_of"] else []))
 
 

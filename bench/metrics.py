@@ -418,6 +418,9 @@ def compute(inputs: EvalInputs, metric_names: list[str], ks: list[int]) -> Metri
     aggregate: dict[tuple[str, int], float] = {}
     for name, k in wanted:
         metric = get_metric(name)
+        if metric.needs == "pairs":
+            raise ConfigError(f"metric '{name}' scores labelled (user, item) pairs, not ranked lists; "
+                              f"use it with [evaluation] protocol = \"pointwise\" (see docs/metrics.md)")
         if metric.needs == "categories" and (inputs.item_categories is None or inputs.item_categories.shape[1] == 0):
             continue  # the dataset has no categories: the metric is undefined, not zero
         if metric.needs == "value" and (inputs.item_value is None or inputs.relevant_value is None):
@@ -441,3 +444,106 @@ def compute(inputs: EvalInputs, metric_names: list[str], ks: list[int]) -> Metri
 for _name, _record in (("explanation_grounding", "GROUNDING"), ("explanation_history_grounding", "HISTORY_GROUNDING"),
                        ("explanation_hallucination", "HALLUCINATION"), ("explanation_length", "LENGTH")):
     registry.metrics.add_lazy(_name, f"bench.explanations:{_record}")
+# -- pointwise (CTR-style) metrics ---------------------------------------------------
+# Under ``[evaluation] protocol = "pointwise"`` (bench.pointwise) a model scores labelled (user, item)
+# pairs instead of ranking a catalogue, and these three metrics read the labels and scores of every pair.
+# They have no cut-off: their rows carry k = 0 and ``needs = "pairs"`` keeps them out of ranking runs.
+
+PAIR_METRICS = ("auc", "gauc", "logloss")
+
+
+@dataclass
+class PairInputs:
+    """The scored test pairs of one segment: row j is (users[j], items[j]) with its 0/1 label and score."""
+
+    users: np.ndarray  # int [n_pairs]
+    labels: np.ndarray  # int8 [n_pairs], 1 = liked (value >= the protocol's threshold)
+    scores: np.ndarray  # float64 [n_pairs], higher = more likely liked
+    calibrated: bool = False  # scores are probabilities P(label = 1) (Capabilities.calibrated)
+
+
+def binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve via the Mann-Whitney rank sum; tied scores share their mean rank (count 1/2).
+
+    NaN when the labels hold one class only (the AUC is undefined, not 0.5).
+    """
+    labels = np.asarray(labels).astype(bool)
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties given the mean of the ranks they span (scipy.stats.rankdata 'average')."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    last = np.concatenate([first[1:], [len(values)]]) - 1
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = (first[group] + last[group]) / 2.0 + 1.0
+    return ranks
+
+
+def group_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[float, int, int]:
+    """GAUC: each user's AUC over their own pairs, weighted by their number of pairs.
+
+    Users whose pairs hold one class only have no AUC and are skipped (as in DIN's and most CTR code).
+    Returns (gauc, users counted, users skipped); gauc is NaN when every user is skipped.
+    """
+    users = np.asarray(users)
+    order = np.argsort(users, kind="stable")
+    users, labels, scores = users[order], np.asarray(labels)[order], np.asarray(scores)[order]
+    bounds = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1], [True]]))
+    total = weight = 0.0
+    counted = skipped = 0
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        auc = binary_auc(labels[lo:hi], scores[lo:hi])
+        if np.isnan(auc):
+            skipped += 1
+            continue
+        counted += 1
+        total += auc * (hi - lo)
+        weight += hi - lo
+    return (total / weight if weight else float("nan")), counted, skipped
+
+
+LOGLOSS_EPS = 1e-15  # probabilities are clipped to [eps, 1 - eps], so a confident mistake costs ~34.5, not inf
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean binary cross-entropy -[y log p + (1 - y) log(1 - p)] of probabilities P(label = 1)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
+    y = np.asarray(labels).astype(np.float64)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+
+
+def _pair_metric(name: str, higher_is_better: bool, doc: str):
+    def add(fn: Callable[[PairInputs, int], np.ndarray]) -> Callable[[PairInputs, int], np.ndarray]:
+        registry.metrics.register(name, Metric(name, fn, higher_is_better, "pairs", False, doc))  # type: ignore[arg-type]
+        return fn
+
+    return add
+
+
+@_pair_metric("auc", True, "pointwise protocol: ROC AUC over every labelled test pair (ties count 1/2)")
+def auc_metric(x: PairInputs, k: int = 0) -> np.ndarray:
+    return np.array([binary_auc(x.labels, x.scores)])
+
+
+@_pair_metric("gauc", True, "pointwise protocol: per-user AUC weighted by the user's pairs; one-class users "
+                            "skipped (counted in the row gauc_users_skipped)")
+def gauc_metric(x: PairInputs, k: int = 0) -> np.ndarray:
+    return np.array([group_auc(x.users, x.labels, x.scores)[0]])
+
+
+@_pair_metric("logloss", False, "pointwise protocol: mean binary cross-entropy of P(liked); only for models "
+                                "declaring calibrated probabilities, 'unsupported' otherwise")
+def logloss_metric(x: PairInputs, k: int = 0) -> np.ndarray:
+    if not x.calibrated:
+        raise ValueError("logloss needs calibrated probabilities (Capabilities.calibrated)")
+    return np.array([log_loss(x.labels, x.scores)])

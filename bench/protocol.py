@@ -39,6 +39,9 @@ class Capabilities:
     # Its ranking of given candidates can depend on the order they are presented in (e.g. an LLM that
     # reads them as one list in its prompt). Order probes (bench.retrieved) measure it for every model.
     reads_candidate_order: bool = False
+    # score_pairs returns probabilities P(liked) (e.g. an LM's P(yes)), so logloss applies (bench.pointwise);
+    # models without it get logloss rows marked unsupported rather than a number from arbitrary scores
+    calibrated: bool = False
 
     def supports(self, need: str) -> bool:
         """Whether a segment needing ``need`` (see bench.splits.Segment) can be served."""
@@ -64,6 +67,20 @@ class SideInfo:
     dataset_name: str = ""
 
 
+@dataclass(frozen=True)
+class LabelledPairs:
+    """Training (user, item) pairs with a 0/1 label from explicit feedback (the pointwise protocol).
+
+    Every rated training pair, liked (value >= the protocol's threshold) or not, so a model that learns
+    from labels (llm-rerank's ``train_labels = "rating"``) sees disliked items too; row-aligned, in the
+    training split's order.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    label: np.ndarray  # int8, 1 = liked
+
+
 @dataclass
 class TrainData:
     """The training interactions (row-aligned arrays) plus side information."""
@@ -74,6 +91,9 @@ class TrainData:
     timestamp: np.ndarray | None
     side: SideInfo
     _matrix: sp.csr_matrix | None = field(default=None, repr=False)
+    # the pointwise protocol only: every rated training pair with its label (the interactions above are
+    # then the liked ones); None under ranking protocols
+    labelled: LabelledPairs | None = None
 
     @property
     def n_users(self) -> int:
@@ -272,6 +292,40 @@ class Recommender:
         user_ids = np.asarray(user_ids)
         return mask_and_rank(self.score(user_ids, history), k, candidates=candidates, exclude=exclude,
                              users=user_ids, salt=self.tie_salt)
+
+    def score_pairs(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """One score per (user_ids[j], item_ids[j]) pair, higher = more likely liked (the pointwise protocol).
+
+        Batch-first like :meth:`recommend`, which this default is built on: each user ranks exactly their
+        own pairs' items (``candidates`` rows) and each pair gets the score the model listed it with, so
+        every model scores pairs with no code of its own. Models with a cheaper direct path (an LM's
+        P(yes)) override it; with ``Capabilities.calibrated`` the scores are probabilities.
+        """
+        user_ids, item_ids = np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)
+        out = np.full(len(user_ids), np.nan)
+        if not len(user_ids):
+            return out
+        users, owner = np.unique(user_ids, return_inverse=True)
+        order = np.lexsort((item_ids, owner))
+        counts = np.bincount(owner, minlength=len(users))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        width = int(counts.max())
+        column = np.arange(len(order)) - np.repeat(starts, counts)
+        candidates = np.full((len(users), width), -1, dtype=np.int64)
+        candidates[owner[order], column] = item_ids[order]
+        items, scores = self.recommend(users, width, candidates=candidates)
+        items, scores = np.asarray(items), np.asarray(scores, dtype=np.float64)
+        n_items = np.int64(max(int(item_ids.max()), int(items.max(initial=0))) + 1)
+        listed = np.arange(len(users))[:, None] * n_items + items
+        valid = items >= 0
+        sorter = np.argsort(listed[valid])
+        keys, values = listed[valid][sorter], scores[valid][sorter]
+        if len(keys):  # a pair the model did not list stays NaN: bench.pointwise refuses such output
+            wanted = owner.astype(np.int64) * n_items + item_ids
+            at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+            hit = keys[at] == wanted
+            out[hit] = values[at][hit]
+        return out
 
     @property
     def tie_salt(self) -> int:

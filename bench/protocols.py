@@ -3,7 +3,7 @@
 Published numbers are only comparable under the same protocol, and frameworks
 default differently (RecBole ranks everything unless told ``uni100``; many papers
 rank 1 positive + 99 or 100 sampled negatives). A suite names its protocol in
-``[evaluation] protocol = "full" | "uniN" | "popN"``; the protocol is part of each
+``[evaluation] protocol = "full" | "uniN" | "popN" | "pointwise"``; the protocol is part of each
 cell's identity and is written in the ``protocol`` column of every result row.
 
 Sampled protocols (what bench implements, precisely):
@@ -26,6 +26,10 @@ Sampled protocols (what bench implements, precisely):
   score ties never favour the positives; test items that the protocol excludes
   (training items, with ``exclude_train``) are left out of the row, as they can
   never be recommended under full ranking either, and still count in |T_u|.
+
+``pointwise`` is not a ranking protocol: each model scores the split's labelled test
+pairs (explicit feedback, liked = value >= ``label_threshold``) and is judged by AUC,
+GAUC and log loss (bench.pointwise).
 
 Negatives depend only on the split (fingerprint and seed), the protocol and the
 pool: they are drawn once, stored beside the split in the run folder
@@ -62,22 +66,29 @@ RETRIEVED = "retrieved"
 class Protocol:
     """Which candidates each test user's items are ranked among."""
 
-    kind: str = "full"  # "full", "uni" (uniform negatives), "pop" (popularity-weighted) or "retrieved"
+    kind: str = "full"  # "full", "uni", "pop" (sampled negatives), "retrieved" or "pointwise"
     n_negatives: int = 0  # N of uniN / popN; the retriever's N candidates per user for "retrieved"
     negatives_per: str = "test_item"  # "test_item" (RecBole) or "user" (Elliot)
     exclude_train: bool = True
     retriever: str = ""  # "retrieved": the registered model that proposes the candidates
     retriever_params: str = "{}"  # ... and its parameters, as sorted JSON (hashable, stable)
+    label_threshold: float = 4.0  # pointwise: a test pair is liked (label 1) when its value is >= this
 
     @property
     def name(self) -> str:
         if self.kind == RETRIEVED:
             return f"{RETRIEVED}{self.n_negatives}:{self.retriever}"
-        return "full" if self.kind == "full" else f"{self.kind}{self.n_negatives}"
+        return self.kind if self.kind in ("full", "pointwise") else f"{self.kind}{self.n_negatives}"
 
     @property
     def sampled(self) -> bool:
-        return self.kind != "full"
+        """Each user ranks a candidate row (sampled negatives, or a retriever's short list), not the catalogue."""
+        return self.kind not in ("full", "pointwise")
+
+    @property
+    def pointwise(self) -> bool:
+        """Labelled pairs scored one by one (bench.pointwise), not ranked lists."""
+        return self.kind == "pointwise"
 
     @property
     def label(self) -> str:
@@ -87,6 +98,8 @@ class Protocol:
         marks that training items were *not* excluded from the rankings.
         """
         text = self.name
+        if self.pointwise:
+            return f"pointwise>={self.label_threshold:g}"
         if self.sampled and self.negatives_per == "user" and self.kind != RETRIEVED:
             text += "/user"
         if not self.exclude_train:
@@ -99,14 +112,21 @@ class Protocol:
 
 
 def parse_protocol(text: str, *, negatives_per: str = "test_item", exclude_train: bool = True,
-                   source: str = "") -> Protocol:
-    """``"full"``, ``"uni100"`` or ``"pop50"`` -> Protocol; anything else is a ConfigError naming the fix."""
+                   source: str = "", label_threshold: float = 4.0) -> Protocol:
+    """``"full"``, ``"uni100"``, ``"pop50"`` or ``"pointwise"`` -> Protocol; anything else is a ConfigError
+    naming the fix."""
     where = f"{source}: " if source else ""
+    if str(text).strip().lower() == "pointwise":
+        if isinstance(label_threshold, bool) or not isinstance(label_threshold, (int, float)):
+            raise ConfigError(f"{where}evaluation.label_threshold = {label_threshold!r} must be a number "
+                              f"(a pair is liked when its rating is >= it, e.g. 4)")
+        return Protocol("pointwise", exclude_train=exclude_train, label_threshold=float(label_threshold))
     match = _PATTERN.match(str(text).strip().lower())
     if not match or (match.group(1) == "full" and match.group(2)) or (match.group(1) != "full" and not match.group(2)):
         raise ConfigError(f"{where}evaluation.protocol = {text!r} is not valid; use \"full\" (rank the whole "
-                          f"catalogue), \"uniN\" (N uniform negatives, e.g. \"uni100\") or \"popN\" "
-                          f"(N popularity-weighted negatives, e.g. \"pop100\")")
+                          f"catalogue), \"uniN\" (N uniform negatives, e.g. \"uni100\"), \"popN\" "
+                          f"(N popularity-weighted negatives, e.g. \"pop100\") or \"pointwise\" "
+                          f"(score labelled test pairs: AUC, GAUC, log loss)")
     kind, digits = match.group(1), match.group(2)
     n = int(digits) if digits else 0
     if kind != "full" and n < 1:
@@ -126,7 +146,8 @@ def from_evaluation(evaluation: object, text: str | None = None) -> Protocol:
     if str(text).strip().lower() == RETRIEVED:
         return retrieved_protocol(evaluation)
     return parse_protocol(text, negatives_per=getattr(evaluation, "negatives_per", "test_item"),
-                          exclude_train=getattr(evaluation, "exclude_train", True))
+                          exclude_train=getattr(evaluation, "exclude_train", True),
+                          label_threshold=getattr(evaluation, "label_threshold", 4.0))
 
 
 def retrieved_protocol(evaluation: object) -> Protocol:

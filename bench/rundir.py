@@ -327,6 +327,13 @@ class RunDir:
             return None
         return PerUser(arrays["users"], np.asarray(arrays["values"], dtype=float), [str(c) for c in arrays["columns"]])
 
+    def write_pairs(self, cell_id: str, segment: str, **arrays: np.ndarray) -> None:
+        """The pointwise protocol's scored test pairs (users, items, labels, scores) of a cell's segment."""
+        atomic_write_npz(self.cell_dir(cell_id) / f"pairs-{segment}.npz", **arrays)
+
+    def read_pairs(self, cell_id: str, segment: str) -> dict[str, np.ndarray] | None:
+        return _read_npz(self.cell_dir(cell_id) / f"pairs-{segment}.npz")
+
     def write_realtime(self, cell_id: str, payload: dict[str, Any]) -> None:
         atomic_write_json(self.cell_dir(cell_id) / REALTIME, payload)
 

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from bench import metrics as metric_lib
 from bench import protocols as eval_protocols
-from bench import diskcache, explanations, grid, provenance, realtime, registry, retrieved, systems
+from bench import diskcache, explanations, grid, pointwise, provenance, realtime, registry, retrieved, systems
 from bench import progress as cell_progress  # lines from inside a cell; `progress` is run_suite's callback
 from bench.data import DataOptions, Dataset, load_dataset
 from bench.data.dataset import side_info, train_data  # noqa: F401  (re-exported: runner.train_data)
@@ -36,7 +36,7 @@ from bench.protocol import Recommender, TrainData
 from bench.results import write_tables
 from bench.rundir import RunDir
 from bench.specs import DatasetSpec, ModelSpec, SplitSpec, SuiteConfig
-from bench.splits import Segment, Split, make_split
+from bench.splits import Segment, Split, make_split, sample_test_users
 from bench.stats import bootstrap_ci
 from bench.validation import tied_list_warning, validate_topk
 
@@ -90,13 +90,7 @@ class SegmentData:
 def segment_data(dataset: Dataset, split: Split, segment: Segment, train_matrix: sp.csr_matrix,
                  exclude_train: bool, max_users: int, *, protocol: eval_protocols.Protocol | None = None,
                  k: int = 0, negatives_dir: Path | None = None) -> SegmentData:
-    users = np.unique(dataset.user[split.test])
-    if max_users and len(users) > max_users:
-        # A prefix of one seeded permutation that depends on the split only: every model sampled at
-        # this size gets the same users, and a smaller sample is a subset of a larger one, so the
-        # report can compare a sampled model with every other model on exactly its users.
-        rng = np.random.default_rng([split.seed, int(split.fingerprint[:8], 16)])
-        users = np.sort(rng.permutation(users)[:max_users])
+    users = sample_test_users(split, np.unique(dataset.user[split.test]), max_users)
     keep = np.isin(dataset.user[split.test], users)
     test_users, test_items = dataset.user[split.test][keep], dataset.item[split.test][keep]
     history = None
@@ -325,6 +319,10 @@ class CellRunner:
         if not model.capabilities.supports(segment.needs):
             info["segments"][name] = {"status": "unsupported", "needs": segment.needs}
             return self.unsupported_rows(base, name)
+        if protocol.pointwise:  # labelled pairs, not ranked lists (bench.pointwise)
+            return self.run_pointwise(model, segment, base, cid, info, retrieved.user_limit(ev, mspec.max_test_users,
+                                                                                           protocol),
+                                      protocol.label_threshold)
         if two_stage and not retrieved.serves(protocol, segment):
             info["segments"][name] = {"status": "unsupported", "needs": segment.needs,
                                       "reason": f"the retriever '{protocol.retriever}' cannot serve {segment.needs}"}
@@ -535,6 +533,25 @@ class CellRunner:
         info["status"] = "ok"
         return rows, info
 
+    def run_pointwise(self, model: Recommender, segment: Segment, base: dict[str, Any], cid: str,
+                      info: dict[str, Any], max_users: int, threshold: float) -> list[dict[str, Any]]:
+        """The pointwise protocol's segment (bench.pointwise): score the labelled test pairs, store them, rate them.
+
+        The serving scenarios are not run: they time recommend(), which this protocol does not ask for;
+        the pairs' own timing is the row ``score_pairs_seconds``.
+        """
+        ev = self.config.evaluation
+        users = sample_test_users(self.split, np.unique(self.dataset.user[self.split.test]), max_users)
+        pairs = pointwise.test_pairs(self.dataset, self.split, users, threshold)
+        wanted = [metric_lib.parse_metric_entry(e)[0] for e in ev.metrics] or list(metric_lib.PAIR_METRICS)
+        rows, scores, seg_info = pointwise.segment_rows(model, pairs, base, segment.name, wanted, ev.bootstrap,
+                                                        self.seed, ev.batch_size)
+        self.rundir.write_pairs(cid, segment.name, users=pairs.users, items=pairs.items, labels=pairs.labels,
+                                scores=scores)
+        rows.extend(self.system_row(base, segment.name, name, value) for name, value in model.extra_metrics().items())
+        info["segments"][segment.name] = seg_info
+        return rows
+
     def measure_serving(self, model: Recommender, data: SegmentData, k: int, base: dict[str, Any],
                         segment_info: dict[str, Any]) -> list[dict[str, Any]]:
         """Latency / throughput / server figures of one segment (bench.systems), as k=0 rows."""
@@ -713,7 +730,13 @@ def run_suite(config: SuiteConfig, *, out_root: Path = Path("reports/runs"), dat
             folder.splits.write_split(split.fingerprint, train=split.train, test=split.test, valid=split.valid,
                                       history=split.history, cold_users=split.cold_users,
                                       cold_items=split.cold_items)
-            split_cache[skey] = (split, train_data(dataset, split.train))
+            protocol = eval_protocols.from_evaluation(config.evaluation)
+            if protocol.pointwise:  # labelled pairs: refused before any cell runs when the data has no two labels
+                pointwise.check_dataset(dataset, split, protocol.label_threshold,
+                                        f"{config.source}: split '{sspec.kind}'")
+                split_cache[skey] = (split, pointwise.train_data(dataset, split.train, protocol.label_threshold))
+            else:
+                split_cache[skey] = (split, train_data(dataset, split.train))
         return (dataset, *split_cache[skey])
 
     pending = [(d, seed, s) for (d, seed, s, _m), cid in zip(cells, order) if force or not folder.cell_done(cid)]

@@ -155,6 +155,9 @@ def score_cell(folder: RunDir, config: SuiteConfig, dataset: Dataset, split: Spl
     train = train_data(dataset, split.train)
     popularity = np.bincount(train.item, minlength=dataset.n_items)
     n_train_users = int(np.unique(train.user).size)
+    if eval_protocols.from_evaluation(ev).pointwise:
+        raise ConfigError(f"{folder.path}: a pointwise run scores labelled pairs, not stored top-k lists; its "
+                          f"metrics (auc, gauc, logloss) are all written by bench run, so there is nothing to rescore")
     new: list[dict[str, Any]] = []
     scored = 0
     protocols = list(enumerate(eval_protocols.cell_protocols(ev)))

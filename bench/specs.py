@@ -319,7 +319,8 @@ class EvaluationSpec:
     bootstrap: int = 1000
     batch_size: int = 0  # users per recommend() call; 0 = all at once
     max_test_users: int = 0  # 0 = all; else a seeded sample, identical for every model
-    # "full" ranking, or "uniN" / "popN" sampled negatives (bench.protocols); part of every cell's identity
+    # "full" ranking, "uniN" / "popN" sampled negatives, or "pointwise" labelled pairs (bench.protocols); part of
+    # every cell's identity
     protocol: str = "full"
     negatives_per: str = "test_item"  # sampled protocols: N per "test_item" (RecBole) or per "user" (Elliot)
     # more protocols each cell is scored under after the main one (same fit, rows with their own protocol
@@ -332,6 +333,7 @@ class EvaluationSpec:
     retrieved_splits: list[str] = field(default_factory=list)  # split kinds scored under "retrieved"; [] = all
     # under "retrieved", every model (and the retriever's row) scores at most this many users per segment
     retrieved_max_test_users: int = 0
+    label_threshold: float = 4.0  # protocol = "pointwise": a test pair is liked when its rating is >= this
     # [evaluation.systems] / [evaluation.realtime]: latency, throughput, memory; freshness replay
     systems: SystemsSpec = field(default_factory=SystemsSpec)
     realtime: RealtimeSpec = field(default_factory=RealtimeSpec)

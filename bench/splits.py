@@ -140,6 +140,19 @@ def make_split(dataset: Dataset, kind: str, seed: int, **params: Any) -> Split:
     return split
 
 
+def sample_test_users(split: Split, users: np.ndarray, max_users: int) -> np.ndarray:
+    """At most ``max_users`` of the sorted ``users`` (0 = all): a prefix of one seeded permutation.
+
+    The permutation depends on the split only: every model sampled at this size gets the same users
+    (under every protocol), and a smaller sample is a subset of a larger one, so the report can compare
+    a sampled model with every other model on exactly its users.
+    """
+    if not max_users or len(users) <= max_users:
+        return users
+    rng = np.random.default_rng([split.seed, int(split.fingerprint[:8], 16)])
+    return np.sort(rng.permutation(users)[:max_users])
+
+
 def _drop_repeats(split: Split, dataset: Dataset) -> None:
     """``duplicates = "keep"`` leaves repeated (user, item) rows: a test or validation row whose pair is
     also in train is a re-consumption, not a prediction target; drop it and count it."""

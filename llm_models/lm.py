@@ -243,6 +243,11 @@ class LLMRerank(LMRecommender):
     prefix is run once and its KV cache shared by every candidate
     (``share_prefix = false`` re-encodes it per candidate: same numbers, slower).
     Cold users and cold items are served when the first stage serves them.
+
+    Under the pointwise protocol (bench.pointwise) :meth:`score_pairs` returns P(yes) for each labelled
+    pair straight from the LM (no first stage), a probability (``Capabilities.calibrated``), and
+    ``train_labels = "rating"`` fine-tunes TALLRec-style on ``train_examples`` labelled training
+    pairs (liked = " Yes") instead of liked-versus-random items.
     """
 
     name = "llm-rerank"
@@ -260,6 +265,10 @@ class LLMRerank(LMRecommender):
         "share_prefix": True,
         "explain": False,  # write a one-sentence reason for the top items of a few users (llm_models.explain)
         **explain_lib.EXPLAIN_PARAMS,
+        # "implicit": liked items (Yes) vs random unseen items (No); "rating": TALLRec's labelled yes/no
+        # examples, one per rated training pair (liked = Yes), which needs the pointwise protocol's labels
+        "train_labels": "implicit",
+        "train_examples": 0,  # "rating": a seeded sample of this many labelled pairs, cycled (0 = every pair)
     }
 
     def __init__(self, **kwargs: Any) -> None:
@@ -278,7 +287,13 @@ class LLMRerank(LMRecommender):
         self.capabilities = Capabilities(cold_users=stage.cold_users, cold_users_zero_shot=stage.cold_users_zero_shot,
                                          cold_items=stage.cold_items, devices=own.devices,
                                          deterministic=stage.deterministic, nondeterminism=stage.nondeterminism,
-                                         explains=self.explains())
+                                         explains=self.explains(),
+                                         calibrated=True)  # score_pairs: P(yes), a probability
+        if p["train_labels"] not in ("implicit", "rating"):
+            raise ConfigError(f"model 'llm-rerank': train_labels = {p['train_labels']!r} is not valid; use "
+                              f"\"implicit\" (liked vs random items) or \"rating\" (labelled pairs, pointwise protocol)")
+        if isinstance(p["train_examples"], bool) or not isinstance(p["train_examples"], int) or p["train_examples"] < 0:
+            raise ConfigError(f"model 'llm-rerank': train_examples must be an integer >= 0, got {p['train_examples']!r}")
 
     def explains(self) -> bool:
         """Only on request (``explain = true``): reranking does not need the LM to write anything."""
@@ -292,11 +307,32 @@ class LLMRerank(LMRecommender):
             raise ConfigError(f"model '{self.name}': the tokenizer of '{self.params['model_name_or_path']}' "
                               f"does not tell ' Yes' from ' No' by their first token")
         self.seen = [set(h.tolist()) for h in self.histories]
+        if self.params["train_labels"] == "rating":
+            self.examples = self.labelled_examples(train)
         self.finetune(np.random.default_rng(self.seed))
+        if self.params["train_labels"] == "rating":
+            # examples learnt from: none without a step (max_steps = 0 is the untuned checkpoint)
+            self.training["labelled_examples"] = int(len(self.examples[0])) if self.training["steps"] else 0
+            self.training["labelled_liked_share"] = float(self.examples[2].mean()) if len(self.examples[0]) else 0.0
         runtime.synchronize(self.device)
 
     def rank_shared_candidates(self, shared: bool) -> None:
         self.shared_candidates = shared
+
+    def labelled_examples(self, train: TrainData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(users, items, labels) of the rated training pairs this fit learns from: ``train_examples`` of them,
+        a sample seeded by the model's seed alone, so 16 examples of one seed are the same in every run."""
+        if train.labelled is None:
+            raise ConfigError("model 'llm-rerank': train_labels = \"rating\" learns from labelled (user, item) pairs, "
+                              "which only [evaluation] protocol = \"pointwise\" provides (ratings >= "
+                              "label_threshold = Yes); use train_labels = \"implicit\" under ranking protocols")
+        pairs = train.labelled
+        n = int(self.params["train_examples"]) or len(pairs.label)
+        if n > len(pairs.label):
+            raise ConfigError(f"model 'llm-rerank': train_examples = {n} exceeds the {len(pairs.label)} labelled "
+                              f"training pairs")
+        chosen = np.sort(np.random.default_rng([self.seed, 17]).choice(len(pairs.label), n, replace=False))
+        return pairs.user[chosen], pairs.item[chosen], pairs.label[chosen]
 
     def ranked_depth(self, k: int) -> int:
         """The LM orders only the first ``n_candidates`` positions; the tail is the first stage's order
@@ -322,8 +358,36 @@ class LLMRerank(LMRecommender):
             logits = logits + head.bias[self.answer_ids]
         return logits.float()
 
+    def training_users(self, rng: np.random.Generator) -> np.ndarray:
+        if self.params["train_labels"] == "rating":  # the labelled examples' users, whatever their history
+            self.example_order = rng.permutation(len(self.examples[0]))
+            self.example_cursor = 0
+            return np.unique(self.examples[0])
+        return super().training_users(rng)
+
+    def rating_batch(self) -> tuple[list[list[int]], list[int]]:
+        """The next ``train_batch_size`` labelled examples, cycling through one seeded order (epochs).
+
+        The prompt's history is the user's liked training items without the example's own item, so a
+        liked example never finds its answer in its prompt (test items are never in the history either).
+        """
+        users, items, labels = self.examples
+        sequences, targets = [], []
+        for _ in range(self.params["train_batch_size"]):
+            j = self.example_order[self.example_cursor % len(self.example_order)]
+            self.example_cursor += 1
+            history = self.histories[int(users[j])]
+            sequences.append(self.prefix_ids(history[history != items[j]]) + self.suffix_ids(int(items[j])))
+            targets.append(0 if labels[j] else 1)  # class 0 = " Yes"
+        return sequences, targets
+
     def batch_loss(self, rng: np.random.Generator) -> Any:
         torch, p = self.torch, self.params
+        if p["train_labels"] == "rating":
+            sequences, targets = self.rating_batch()
+            ids, mask, last = self.pad(sequences)
+            logits = self.answer_logits(ids, mask, last)
+            return torch.nn.functional.cross_entropy(logits, torch.tensor(targets, device=logits.device))
         per = 1 + p["negatives_per_positive"]
         n_pos = max(1, p["train_batch_size"] // per)
         sequences, labels = [], []
@@ -369,6 +433,18 @@ class LLMRerank(LMRecommender):
                     logits = self.answer_logits(ids, full_mask, last, position_ids=positions,
                                                 use_cache=True, **{runtime.kv_cache_kwarg(self.lm.base_model): shared})
                 out[part] = torch.softmax(logits, dim=-1)[:, 0].cpu().numpy()
+        return out
+
+    def score_pairs(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """P(yes) of each (user, item) pair, straight from the LM (no first stage): one shared history prefix per
+        user, its items scored in batches, as in recommend."""
+        user_ids, item_ids = np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)
+        out = np.zeros(len(user_ids), np.float64)
+        for user in np.unique(user_ids):
+            rows = np.flatnonzero(user_ids == user)
+            out[rows] = self.p_yes(self.prefix_ids(self.histories[int(user)]), item_ids[rows])
+        self.counters["llm_pairs_scored"] = self.counters.get("llm_pairs_scored", 0.0) + float(len(user_ids))
+        runtime.synchronize(self.device)
         return out
 
     def recommend(self, user_ids: np.ndarray, k: int, *, history: list[np.ndarray] | None = None,

@@ -21,6 +21,7 @@ import jinja2
 
 from bench.report import explanations as explain_lib
 from bench.report import plots as plot_lib
+from bench.report import pointwise as pointwise_report
 from bench.report import tables, units
 from bench.report.markdown import leaderboard_markdown
 from bench.report.style import GLYPHS, by_family, run_styles
@@ -101,6 +102,8 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
     systems = tables.systems_tables(run)
     paired = tables.paired_comparisons(run, boards)
     losses = plot_lib.loss_plots(run, styles)
+    pointwise = pointwise_report.pointwise_tables(run)  # CTR-style runs (bench.pointwise); [] otherwise
+    pointwise_plots = pointwise_report.few_shot_plots(run, styles)
     metric_docs = []
     for key in available:
         name = key.split("@")[0]
@@ -128,6 +131,7 @@ def build_context(run: RunData, other: RunData | None, metric: str) -> dict[str,
         "systems": systems, "models": tables.model_details(run),
         "paired": paired, "paired_method": tables.PAIRED_METHOD, "losses": losses, "loss_table": tables.loss_table(run),
         "explanation_tables": explain_lib.explanation_tables(run), "explanation_examples": explain_lib.examples(run),
+        "pointwise": pointwise, "pointwise_plots": pointwise_plots,
         "model_index": {m: i for i, m in enumerate(run.model_order())}, "metric_docs": metric_docs,
         "css": _css(), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "isfinite": math.isfinite,

@@ -87,7 +87,8 @@ SERVE_FIGURES: dict[str, str] = {
 }
 THROUGHPUT_PREFIX = "throughput_users_per_s@batch="
 # explanation rows have the report's Explanations section (bench.report.explanations), not the systems tables
-NOT_FIGURES = {"error", EXPLAIN_SECONDS, *METRIC_FIELDS}
+# pair metrics (k = 0) have their own section (report.pointwise)
+NOT_FIGURES = {"error", EXPLAIN_SECONDS, *METRIC_FIELDS, "auc", "gauc", "logloss"}
 # bench.realtime's segments: shown in the real-time section, not in leaderboards or systems tables
 REALTIME_SEGMENTS = ("replay:", "update-cost")
 

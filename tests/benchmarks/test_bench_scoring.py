@@ -57,7 +57,7 @@ def case(ml100k) -> Case:
     # every metric of one list: the order probes' metrics compare several lists (tests/test_retrieved.py), and
     # explanation metrics score a model's reasons (bench.explanations)
     names = [n for n in registry.metrics.names() if isinstance(m := registry.metrics.get(n), M.Metric)
-             and m.needs not in (M.ORDER_PROBES, "explanations")]
+             and m.needs not in (M.ORDER_PROBES, "explanations", "pairs")]  # pairs: auc/gauc/logloss
     return Case(users, np.asarray(items), ml100k.user[split.test], ml100k.item[split.test], ml100k.n_items,
                 np.bincount(train.item, minlength=ml100k.n_items), int(np.unique(train.user).size),
                 ml100k.item_categories, names, np.random.default_rng(0).uniform(1.0, 50.0, ml100k.n_items))
