@@ -66,14 +66,21 @@ def counters() -> dict[str, tuple[int, int]]:
     return {kind: (c[0], c[1]) for kind, c in _counters.items()}
 
 
+def lookups_between(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                    missed: str, found: str) -> dict[str, str]:
+    """Caches looked up between two ``name -> (lookups, misses)`` readings: ``missed`` if any lookup missed,
+    else ``found``. One rule for this module's disk caches and bench.systems' process caches."""
+    out = {}
+    for name, (lookups, misses) in after.items():
+        lookups_before, misses_before = before.get(name, (0, 0))
+        if lookups > lookups_before:
+            out[name] = missed if misses > misses_before else found
+    return out
+
+
 def used(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, str]:
     """Kinds looked up between two :func:`counters` readings: ``hit`` (read from disk) or ``miss`` (built)."""
-    out = {}
-    for kind, (lookups, misses) in after.items():
-        lookups_before, misses_before = before.get(kind, (0, 0))
-        if lookups > lookups_before:
-            out[kind] = "miss" if misses > misses_before else "hit"
-    return out
+    return lookups_between(before, after, "miss", "hit")
 
 
 def _say(message: str) -> None:

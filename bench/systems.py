@@ -65,6 +65,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
+from bench.diskcache import lookups_between
 from bench.specs import MIN_REQUESTS, SystemsSpec, parse_systems  # noqa: F401  (specs live with the config)
 
 
@@ -463,12 +464,7 @@ def cache_counters() -> dict[str, tuple[int, int]]:
 
 def caches_used(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, str]:
     """Caches consulted between two :func:`cache_counters` readings: "warm" (no miss) or "cold" (loaded)."""
-    out = {}
-    for name, (lookups, misses) in after.items():
-        lookups_before, misses_before = before.get(name, (0, 0))
-        if lookups > lookups_before:
-            out[name] = "cold" if misses > misses_before else "warm"
-    return out
+    return lookups_between(before, after, "cold", "warm")
 
 
 # -- calibration ---------------------------------------------------------------------------
