@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,17 +43,30 @@ def test_a_quick_cell_prints_nothing_and_calls_outside_a_cell_are_no_ops():
     assert out.getvalue() == ""
 
 
-def test_a_long_cell_in_its_own_process_reports_its_phase_to_the_terminal(tmp_path, capfd):
-    raw = {"name": "progress", "seeds": [0], "evaluation": {"k": [5], "bootstrap": 0, "systems": {"enabled": False}},
-           "datasets": [{"name": "synthetic", "params": {"n_users": 60, "n_items": 40, "n_interactions": 600}}],
-           "splits": [{"kind": "random"}], "models": [{"name": "slow-pop", "params": {"delay": 1.0}}],
-           "execution": {"occupancy_dir": str(tmp_path / "node")}}
-    summary = run_suite(parse_suite(raw, "test suite"), out_root=tmp_path, progress=lambda _m: None,
-                        progress_interval=0.2)
-    assert summary.failed == 0
-    err = capfd.readouterr().err
+def test_a_long_cell_in_its_own_process_reports_its_phase_to_the_terminal(tmp_path):
+    # A fresh interpreter, so the forkserver that runs the cell is started here and its stderr is this
+    # pipe: in the pytest session a forkserver started by an earlier test keeps that test's stderr.
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent / "plugins")!r})
+import faulty_models
+from bench.config import parse_suite
+from bench.runner import run_suite
+raw = {{"name": "progress", "seeds": [0], "evaluation": {{"k": [5], "bootstrap": 0, "systems": {{"enabled": False}}}},
+       "datasets": [{{"name": "synthetic", "params": {{"n_users": 60, "n_items": 40, "n_interactions": 600}}}}],
+       "splits": [{{"kind": "random"}}], "models": [{{"name": "slow-pop", "params": {{"delay": 1.0}}}}],
+       "execution": {{"occupancy_dir": {str(tmp_path / "node")!r}}}}}
+loud = run_suite(parse_suite(raw, "test suite"), out_root={str(tmp_path / "loud")!r}, progress=lambda _m: None,
+                 progress_interval=0.2)
+print("---quiet---", file=sys.stderr, flush=True)
+quiet = run_suite(parse_suite(raw, "test suite"), out_root={str(tmp_path / "quiet")!r}, progress=None,
+                  progress_interval=0.2)
+assert loud.failed == 0 and quiet.failed == 0
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loud, quiet = done.stderr.split("---quiet---")
     # the child process (forkserver) writes to the terminal's stderr while its fit sleeps
-    assert "  [1/1] synthetic random seed=0 slow-pop: fit (" in err
+    assert "  [1/1] synthetic random seed=0 slow-pop: fit (" in loud
     # without a progress callback (notebooks, tests) the cell stays silent
-    run_suite(parse_suite(raw, "test suite"), out_root=tmp_path / "quiet", progress=None, progress_interval=0.2)
-    assert "slow-pop: fit" not in capfd.readouterr().err
+    assert "slow-pop: fit" not in quiet
