@@ -181,6 +181,7 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
             raise ConfigError(f"{source}: evaluation.retrieved_splits names '{kind}', which is not a kind in "
                               f"[[splits]] ({', '.join(kinds)})")
     _check_pointwise(evaluation, splits, models, source)
+    _check_models_against_evaluation(models, evaluation, source)
     if evaluation.bootstrap < 0 or evaluation.batch_size < 0 or evaluation.max_test_users < 0:
         raise ConfigError(f"{source}: evaluation.bootstrap, batch_size and max_test_users must be >= 0")
 
@@ -350,6 +351,19 @@ def _check_pointwise(evaluation: EvaluationSpec, splits: list[SplitSpec], models
         if spec.grid_of:
             raise ConfigError(f"{source}: model '{spec.grid_of}' has a grid, whose winner is picked on a ranking "
                               f"metric; under the pointwise protocol list one [[models]] entry per setting instead")
+
+
+def _check_models_against_evaluation(models: list[ModelSpec], evaluation: EvaluationSpec, source: str) -> None:
+    """A model may refuse a protocol its settings cannot serve (``check_evaluation(params, evaluation)``, e.g. a
+    listwise LLM prompt under the pointwise protocol): refused here, before any cell runs, not mid-suite."""
+    for spec in models:
+        cls = registry.models.get(spec.name)
+        check = getattr(cls, "check_evaluation", None)
+        if callable(check):
+            try:
+                check({**(getattr(cls, "default_params", None) or {}), **spec.params}, evaluation)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: model '{spec.label}': {exc}") from None
 
 
 def _check_model_params(spec: ModelSpec, where: str, source: str) -> None:

@@ -10,7 +10,11 @@ Prompt shape (shared by training and serving, so they cannot drift apart)::
 
     A user liked these items:
     <title>; <title>; ...          <- the user's most recent history, oldest first
-    Will the user like "<title>"? Answer:  Yes | No        (llm-rerank)
+    Will the user like "<title>"? Answer:  Yes | No        (llm-rerank, prompt = "pointwise")
+    Candidates:                                            (llm-rerank, prompt = "listwise")
+    A. <title>
+    B. <title> ...
+    Which candidate will the user like next? Answer:  A | B | ...
     The next item they liked: <title><eos>                 (llm-generate)
 """
 
@@ -32,6 +36,8 @@ from llm_models import explain as explain_lib
 from llm_models import runtime
 
 HEADER = "A user liked these items:\n"
+# Listwise prompts label candidates A, B, ... (LlamaRec's verbalizer): one next token scores every candidate
+LIST_LABELS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 EMPTY_HISTORY = "(nothing yet)"
 
 LM_PARAMS: dict[str, Any] = {
@@ -244,6 +250,14 @@ class LLMRerank(LMRecommender):
     (``share_prefix = false`` re-encodes it per candidate: same numbers, slower).
     Cold users and cold items are served when the first stage serves them.
 
+    ``prompt = "listwise"`` (LlamaRec's verbalizer, Yue et al. 2023) instead lists every candidate in one
+    prompt under the labels A, B, ... (at most 26) and scores each candidate by the probability of its label
+    as the next token (a softmax over the labels shown): one forward pass per user rather than one suffix
+    per candidate, but the ranking can now depend on the order the candidates are listed in, so this mode
+    declares ``reads_candidate_order`` and the order probes (bench.retrieved) measure that position bias.
+    It fine-tunes on lists of one held-out positive among ``n_candidates - 1`` random unseen items in a
+    random order (cross-entropy over the labels; LlamaRec draws the negatives from its retriever instead).
+
     Under the pointwise protocol (bench.pointwise) :meth:`score_pairs` returns P(yes) for each labelled
     pair straight from the LM (no first stage), a probability (``Capabilities.calibrated``), and
     ``train_labels = "rating"`` fine-tunes TALLRec-style on ``train_examples`` labelled training
@@ -252,7 +266,7 @@ class LLMRerank(LMRecommender):
 
     name = "llm-rerank"
     family = "language model"
-    summary = "LoRA fine-tuned causal LM reranking a first stage's candidates by P(yes)"
+    summary = "LoRA fine-tuned causal LM reranking candidates by P(yes) each, or listwise in one prompt"
     extra = "llm"
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=True, cold_items=True,
                                 devices=("cpu", "cuda"))
@@ -269,6 +283,9 @@ class LLMRerank(LMRecommender):
         # examples, one per rated training pair (liked = Yes), which needs the pointwise protocol's labels
         "train_labels": "implicit",
         "train_examples": 0,  # "rating": a seeded sample of this many labelled pairs, cycled (0 = every pair)
+        # "pointwise": P(yes) of each candidate in its own prompt; "listwise": every candidate in one prompt,
+        # labelled A, B, ..., scored by its label's next-token probability (reads the candidates' order)
+        "prompt": "pointwise",
     }
 
     def __init__(self, **kwargs: Any) -> None:
@@ -281,19 +298,52 @@ class LLMRerank(LMRecommender):
             raise ConfigError("model 'llm-rerank': first_stage_params must be a table, e.g. { factors = 64 }")
         stage_device = self.device if self.device.split(":")[0] in stage_cls.capabilities.devices else "cpu"
         self.first_stage: Recommender = stage_cls(seed=self.seed, device=stage_device, **p["first_stage_params"])
-        explain_lib.check_params(self.name, p)
+        self.check_param_values(p)
         self.shared_candidates = False  # rank_shared_candidates: the protocol's candidates replace the first stage
+        self.listwise = p["prompt"] == "listwise"
         own, stage = type(self).capabilities, stage_cls.capabilities
         self.capabilities = Capabilities(cold_users=stage.cold_users, cold_users_zero_shot=stage.cold_users_zero_shot,
                                          cold_items=stage.cold_items, devices=own.devices,
                                          deterministic=stage.deterministic, nondeterminism=stage.nondeterminism,
                                          explains=self.explains(),
-                                         calibrated=True)  # score_pairs: P(yes), a probability
+                                         reads_candidate_order=self.listwise,
+                                         calibrated=not self.listwise)  # score_pairs: P(yes), a probability
         if p["train_labels"] not in ("implicit", "rating"):
             raise ConfigError(f"model 'llm-rerank': train_labels = {p['train_labels']!r} is not valid; use "
                               f"\"implicit\" (liked vs random items) or \"rating\" (labelled pairs, pointwise protocol)")
         if isinstance(p["train_examples"], bool) or not isinstance(p["train_examples"], int) or p["train_examples"] < 0:
             raise ConfigError(f"model 'llm-rerank': train_examples must be an integer >= 0, got {p['train_examples']!r}")
+
+    @classmethod
+    def check_param_values(cls, params: dict[str, Any]) -> None:
+        """Value rules (prompt kind, listwise bounds, explanation budgets), checked before any cell runs."""
+        super().check_param_values(params)
+        if params["prompt"] not in ("pointwise", "listwise"):
+            raise ConfigError(f"model 'llm-rerank': prompt = {params['prompt']!r} is not valid; use \"pointwise\" "
+                              f"(P(yes) per candidate) or \"listwise\" (every candidate in one prompt)")
+        if params["prompt"] != "listwise":
+            return
+        n = params["n_candidates"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= len(LIST_LABELS):
+            raise ConfigError(f"model 'llm-rerank': prompt = \"listwise\" labels candidates A-Z, so n_candidates "
+                              f"must be 2 to {len(LIST_LABELS)}, got {n!r}")
+        if params["train_labels"] != "implicit":
+            raise ConfigError("model 'llm-rerank': prompt = \"listwise\" learns from lists with one liked item; "
+                              "train_labels = \"rating\" needs prompt = \"pointwise\"")
+
+    @classmethod
+    def check_evaluation(cls, params: dict[str, Any], evaluation: Any) -> None:
+        """A listwise prompt has no P(yes) per pair (no pointwise protocol) and lists at most 26 shared candidates."""
+        if params.get("prompt") != "listwise":
+            return
+        protocols = [str(p).strip().lower() for p in [evaluation.protocol, *evaluation.extra_protocols]]
+        if "pointwise" in protocols:
+            raise ConfigError("prompt = \"listwise\" ranks candidates against each other and has no P(yes) per "
+                              "pair; under protocol \"pointwise\" use prompt = \"pointwise\"")
+        if "retrieved" in protocols and evaluation.n_candidates > len(LIST_LABELS):
+            raise ConfigError(f"prompt = \"listwise\" lists at most {len(LIST_LABELS)} candidates (labels A-Z), "
+                              f"but evaluation.n_candidates = {evaluation.n_candidates}; use at most "
+                              f"{len(LIST_LABELS)}")
 
     def explains(self) -> bool:
         """Only on request (``explain = true``): reranking does not need the LM to write anything."""
@@ -303,9 +353,11 @@ class LLMRerank(LMRecommender):
         self.prepare(train)
         self.first_stage.fit(train)
         self.answer_ids = [self.encode(" Yes")[0], self.encode(" No")[0]]
-        if self.answer_ids[0] == self.answer_ids[1]:
+        self.label_ids = [self.encode(f" {label}")[0] for label in LIST_LABELS]
+        answers, told = (self.label_ids, "' A' ... ' Z'") if self.listwise else (self.answer_ids, "' Yes' from ' No'")
+        if len(set(answers)) < len(answers):
             raise ConfigError(f"model '{self.name}': the tokenizer of '{self.params['model_name_or_path']}' "
-                              f"does not tell ' Yes' from ' No' by their first token")
+                              f"does not tell {told} by their first token")
         self.seen = [set(h.tolist()) for h in self.histories]
         if self.params["train_labels"] == "rating":
             self.examples = self.labelled_examples(train)
@@ -343,9 +395,13 @@ class LLMRerank(LMRecommender):
         return self.encode(f'Will the user like "{self.texts[item]}"? Answer:')
 
     def answer_logits(self, ids: Any, mask: Any, last: Any, **kwargs: Any) -> Any:
-        """[rows, 2] logits of (Yes, No) at each row's last real position.
+        """[rows, 2] logits of (Yes, No) at each row's last real position."""
+        return self.token_logits(ids, mask, last, self.answer_ids, **kwargs)
 
-        Runs the transformer body and multiplies by the two output-embedding rows
+    def token_logits(self, ids: Any, mask: Any, last: Any, token_ids: list[int], **kwargs: Any) -> Any:
+        """[rows, len(token_ids)] next-token logits of ``token_ids`` at each row's last real position.
+
+        Runs the transformer body and multiplies by those output-embedding rows
         only: the full-vocabulary head would cost more than a small body on CPU.
         """
         torch = self.torch
@@ -353,10 +409,45 @@ class LLMRerank(LMRecommender):
         hidden = body(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
         last_hidden = hidden[torch.arange(len(last), device=last.device), last]
         head = self.lm.get_output_embeddings()
-        logits = last_hidden @ head.weight[self.answer_ids].T
+        logits = last_hidden @ head.weight[token_ids].T
         if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias[self.answer_ids]
+            logits = logits + head.bias[token_ids]
         return logits.float()
+
+    def list_suffix_ids(self, candidates: np.ndarray) -> list[int]:
+        """The listwise prompt's candidate block and question (candidates labelled A, B, ... in the order given)."""
+        lines = "".join(f"{label}. {self.texts[int(c)]}\n" for label, c in zip(LIST_LABELS, candidates))
+        return self.encode(f"Candidates:\n{lines}Which candidate will the user like next? Answer:")
+
+    def p_listed(self, histories: list[np.ndarray], heads: list[np.ndarray]) -> list[np.ndarray]:
+        """Listwise: per user, the softmax over the shown labels' next-token logits, one prompt per user, in
+        batches of ``batch_size`` users."""
+        torch = self.torch
+        out: list[np.ndarray] = [np.zeros(0, np.float64) for _ in heads]
+        todo = [row for row, head in enumerate(heads) if len(head)]
+        with torch.inference_mode(), runtime.autocast(self.device):
+            for part in runtime.batches(len(todo), self.params["batch_size"]):
+                rows = todo[part]
+                progress.step(part.start, len(todo), "users scored")
+                ids, mask, last = self.pad([self.prefix_ids(histories[r]) + self.list_suffix_ids(heads[r])
+                                            for r in rows])
+                logits = self.token_logits(ids, mask, last, self.label_ids)
+                shown = torch.tensor([[j < len(heads[r]) for j in range(len(LIST_LABELS))] for r in rows],
+                                     device=logits.device)
+                probs = torch.softmax(logits.masked_fill(~shown, float("-inf")), dim=-1).cpu().numpy()
+                for i, r in enumerate(rows):
+                    out[r] = probs[i, :len(heads[r])].astype(np.float64)
+        return out
+
+    def candidate_probs(self, histories: list[np.ndarray], heads: list[np.ndarray]) -> list[np.ndarray]:
+        """Per user, the LM's probability for each of its candidates: P(yes) (pointwise) or P(label) (listwise)."""
+        if self.listwise:
+            return self.p_listed(histories, heads)
+        out = []
+        for row, (hist, head) in enumerate(zip(histories, heads)):
+            progress.step(row, len(histories), "users scored")
+            out.append(self.p_yes(self.prefix_ids(hist), head))
+        return out
 
     def training_users(self, rng: np.random.Generator) -> np.ndarray:
         if self.params["train_labels"] == "rating":  # the labelled examples' users, whatever their history
@@ -381,8 +472,32 @@ class LLMRerank(LMRecommender):
             targets.append(0 if labels[j] else 1)  # class 0 = " Yes"
         return sequences, targets
 
+    def list_batch_loss(self, rng: np.random.Generator) -> Any:
+        """Listwise: each prompt lists one held-out positive among ``n_candidates - 1`` random unseen items in a
+        random order; cross-entropy over the shown labels."""
+        torch, p = self.torch, self.params
+        n = int(p["n_candidates"])
+        sequences, targets, counts = [], [], []
+        for user, history, positive in self.sample_cut(rng, p["train_batch_size"]):
+            seen, listed = self.seen[user], [positive]
+            while len(listed) < min(n, self.n_items - len(seen) + 1):  # a user who has seen nearly everything
+                negative = int(rng.integers(self.n_items))
+                if negative not in seen and negative not in listed:
+                    listed.append(negative)
+            order = rng.permutation(len(listed))
+            sequences.append(self.prefix_ids(history) + self.list_suffix_ids(np.asarray(listed)[order]))
+            targets.append(int(np.flatnonzero(order == 0)[0]))
+            counts.append(len(listed))
+        ids, mask, last = self.pad(sequences)
+        logits = self.token_logits(ids, mask, last, self.label_ids[:n])
+        shown = torch.arange(n, device=logits.device)[None, :] < torch.tensor(counts, device=logits.device)[:, None]
+        logits = logits.masked_fill(~shown, float("-inf"))
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(targets, device=logits.device))
+
     def batch_loss(self, rng: np.random.Generator) -> Any:
         torch, p = self.torch, self.params
+        if self.listwise:
+            return self.list_batch_loss(rng)
         if p["train_labels"] == "rating":
             sequences, targets = self.rating_batch()
             ids, mask, last = self.pad(sequences)
@@ -438,6 +553,9 @@ class LLMRerank(LMRecommender):
     def score_pairs(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """P(yes) of each (user, item) pair, straight from the LM (no first stage): one shared history prefix per
         user, its items scored in batches, as in recommend."""
+        if self.listwise:
+            raise ConfigError("model 'llm-rerank': prompt = \"listwise\" ranks candidates against each other and has "
+                              "no P(yes) per pair; the pointwise protocol needs prompt = \"pointwise\"")
         user_ids, item_ids = np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)
         out = np.zeros(len(user_ids), np.float64)
         for user in np.unique(user_ids):
@@ -461,13 +579,12 @@ class LLMRerank(LMRecommender):
         width = min(k, stage_items.shape[1])
         items = np.zeros((len(user_ids), width), np.int64)
         scores = np.zeros((len(user_ids), width), np.float64)
-        for row, hist in enumerate(histories):
-            progress.step(row, len(histories), "users scored")
-            head, tail = stage_items[row, :n_rerank], stage_items[row, n_rerank:]
-            p_yes = self.p_yes(self.prefix_ids(hist), head)
-            order = np.lexsort((np.arange(len(head)), -p_yes))  # ties keep first-stage order
+        heads = [stage_items[row, :n_rerank] for row in range(len(user_ids))]
+        for row, (head, prob) in enumerate(zip(heads, self.candidate_probs(histories, heads))):
+            tail = stage_items[row, n_rerank:]
+            order = np.lexsort((np.arange(len(head)), -prob))  # ties keep first-stage order
             ranked = np.concatenate([head[order], tail])[:width]
-            ranked_scores = np.concatenate([1.0 + p_yes[order], 1.0 / (2.0 + np.arange(len(tail)))])[:width]
+            ranked_scores = np.concatenate([1.0 + prob[order], 1.0 / (2.0 + np.arange(len(tail)))])[:width]
             items[row], scores[row] = ranked, ranked_scores
         self.counters["llm_candidates_scored"] = self.counters.get("llm_candidates_scored", 0.0) + float(
             len(user_ids) * min(n_rerank, stage_items.shape[1]))
@@ -478,18 +595,25 @@ class LLMRerank(LMRecommender):
     def rank_given(self, user_ids: np.ndarray, k: int, candidates: np.ndarray, history: list[np.ndarray] | None,
                    exclude: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
         """Every candidate of each user's row (-1 padding and excluded items left out) scored by the LM,
-        scores ``1 + P(yes)``; equal P(yes) keep the row's order."""
+        scores ``1 + P`` (P(yes), or P(label) listwise, where the prompt lists them in the row's order);
+        equal P keep the row's order."""
         histories = self.user_histories(user_ids, history)
         items = np.zeros((len(user_ids), k), np.int64)
         scores = np.zeros((len(user_ids), k), np.float64)
-        scored = 0
-        for row, hist in enumerate(histories):
+        heads = []
+        for row in range(len(user_ids)):
             head = candidates[row][candidates[row] >= 0]
             if exclude is not None and exclude.nnz:
                 head = head[~np.isin(head, exclude[row].indices)]
-            p_yes = self.p_yes(self.prefix_ids(hist), head)
-            order = np.lexsort((np.arange(len(head)), -p_yes))[:k]
-            items[row], scores[row] = head[order], 1.0 + p_yes[order]
+            heads.append(head)
+        if self.listwise and max((len(h) for h in heads), default=0) > len(LIST_LABELS):
+            raise ConfigError(f"model 'llm-rerank': prompt = \"listwise\" lists at most {len(LIST_LABELS)} "
+                              f"candidates (labels A-Z), but the protocol gives {max(len(h) for h in heads)} per "
+                              f"user; set [evaluation] n_candidates <= {len(LIST_LABELS)}")
+        scored = 0
+        for row, (head, prob) in enumerate(zip(heads, self.candidate_probs(histories, heads))):
+            order = np.lexsort((np.arange(len(head)), -prob))[:k]
+            items[row], scores[row] = head[order], 1.0 + prob[order]
             scored += len(head)
         self.counters["llm_candidates_scored"] = self.counters.get("llm_candidates_scored", 0.0) + float(scored)
         runtime.synchronize(self.device)
