@@ -52,7 +52,8 @@ _EXECUTION = {"isolation": str, "timeout": (int, float), "memory_limit_gb": (int
 _DATASET = {"name": str, "params": dict, "implicit": dict, "source": dict}
 _SPLIT = {"kind": str, "params": dict, "datasets": list, "train": str, "test": str, "valid": str}
 _MODEL = {"name": str, "params": dict, "label": str, "grid": dict, "select_by": str, "grid_of": str,
-          "splits": list, "max_test_users": int, "resources": dict, "paired_with": str}
+          "splits": list, "max_test_users": int, "resources": dict, "paired_with": str,
+          "refit": bool}
 _EVAL = {"k": list, "metrics": list, "exclude_train": bool, "bootstrap": int, "batch_size": int,
          "max_test_users": int, "systems": dict, "realtime": dict, "protocol": str, "negatives_per": str,
          "extra_protocols": list, "retriever": dict, "n_candidates": int, "order_probes": int,
@@ -150,7 +151,7 @@ def parse_suite(raw: dict[str, Any], source: str, base_dir: Path | None = None) 
                          grid_of=table.get("grid_of", ""), select_by=table.get("select_by", ""),
                          splits=only_splits, max_test_users=table.get("max_test_users"),
                          resources=check_resources(table.get("resources", {}), f"models[{i}].resources", source),
-                         paired_with=table.get("paired_with", ""))
+                         paired_with=table.get("paired_with", ""), refit=table.get("refit", True))
         if base.max_test_users is not None and base.max_test_users < 0:
             raise ConfigError(f"{source}: models[{i}].max_test_users must be >= 0 (0 = every test user), "
                               f"got {base.max_test_users}")
@@ -410,8 +411,9 @@ def expand_grid(spec: ModelSpec, table: dict[str, Any], where: str, source: str)
     """One :class:`ModelSpec` per grid point (or ``[spec]`` when the table has no grid)."""
     grid = table.get("grid")
     if not grid:
-        if "select_by" in table and not spec.grid_of:
-            raise ConfigError(f"{source}: {where}.select_by needs a {where}.grid to select from")
+        for key in ("select_by", "refit"):
+            if key in table and not spec.grid_of:
+                raise ConfigError(f"{source}: {where}.{key} needs a {where}.grid to select from")
         return [spec]
     select_by = table.get("select_by", DEFAULT_SELECT_BY)
     parse_select_by(select_by, where, source)
@@ -427,7 +429,7 @@ def expand_grid(spec: ModelSpec, table: dict[str, Any], where: str, source: str)
         label = f"{spec.label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
         points.append(ModelSpec(spec.name, spec.params | point, label, grid_of=spec.label, select_by=select_by,
                                 splits=spec.splits, max_test_users=spec.max_test_users,
-                                resources=dict(spec.resources)))
+                                resources=dict(spec.resources), refit=spec.refit))
     return points
 
 

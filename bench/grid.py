@@ -17,6 +17,12 @@ ends, the point with the best validation score is copied under the group label
 ``segment = "selection", metric = "selected"`` row (value 1 for the winner, 0 for
 the others) records the choice. Test numbers never influence the choice.
 
+``refit = false`` in the model table changes which model is tested: each point's test rows
+come from the model fitted on train minus the carve (the one scored on validation, fitted
+once), as in early-stopping protocols (RecBole reports the model trained on the 80% of an
+80/10/10 split), instead of a refit on all of train. Training items of the carve stay
+excluded from the test ranking either way.
+
 The carve mirrors the split: ``temporal`` cuts the latest ``VALID_FRACTION`` of
 training time (scored on users and items seen before the cut), ``leave_last_out``
 holds out each user's latest training interaction (or uses the split's own
@@ -39,6 +45,7 @@ from bench.specs import DEFAULT_SELECT_BY, ModelSpec  # noqa: F401  (DEFAULT_SEL
 
 if TYPE_CHECKING:
     from bench.data import Dataset
+    from bench.protocol import Recommender, TrainData
     from bench.splits import Split
 
 VALID_FRACTION = 0.1
@@ -90,9 +97,19 @@ def _rank_within_user(users: np.ndarray, key: np.ndarray) -> np.ndarray:
     return rank
 
 
+def carve_train(dataset: Dataset, split: Split, seed: int) -> TrainData:
+    """Training data without the validation carve: what a grid point with ``refit = false`` is fitted on."""
+    fit_rows, valid_rows = validation_carve(dataset, split, seed)
+    if valid_rows.size == 0:
+        raise ConfigError(f"grid selection: the validation carve of split '{split.kind}' is empty; the split "
+                          f"leaves too little training data")
+    return train_data(dataset, fit_rows)
+
+
 def validation_rows(dataset: Dataset, split: Split, seed: int, device: str, mspec: ModelSpec,
-                    base: dict[str, Any]) -> list[dict[str, Any]]:
-    """Fit a fresh model on train minus the carve and score ``select_by`` on the carve."""
+                    base: dict[str, Any], fitted: Recommender | None = None) -> list[dict[str, Any]]:
+    """Score ``select_by`` on the carve: of a fresh model fitted on train minus the carve, or of ``fitted``,
+    a model already fitted on exactly that (``refit = false``)."""
     if not mspec.grid_of:
         return []
     name, k = mspec.select_metric()
@@ -101,11 +118,12 @@ def validation_rows(dataset: Dataset, split: Split, seed: int, device: str, mspe
         raise ConfigError(f"grid selection for '{mspec.label}': the validation carve of split "
                           f"'{split.kind}' is empty; the split leaves too little training data")
     fit_data = train_data(dataset, fit_rows)
-    model = registry.models.get(mspec.name)(seed=seed, device=device, **mspec.params)
+    model = fitted or registry.models.get(mspec.name)(seed=seed, device=device, **mspec.params)
     if k > model.ranked_depth(k):  # a two-stage point that ranks fewer than k: its first stage would be chosen
         return [base | {"segment": "valid", "metric": name, "k": k, "value": float("nan"), "ci_low": float("nan"),
                         "ci_high": float("nan"), "n": 0, "status": "first_stage"}]
-    model.fit(fit_data)
+    if fitted is None:
+        model.fit(fit_data)
     users = np.unique(dataset.user[valid_rows])
     exclude = fit_data.matrix[users]
     items, _ = model.recommend(users, k, exclude=exclude)

@@ -61,6 +61,8 @@ def cell_id(dataset: DatasetSpec, split: SplitSpec, model: ModelSpec, seed: int,
     """Stable identity of a cell: same config, same id (used by resume and skip)."""
     # where it runs, and which model the report pairs it with, are not what it is
     model_key = {k: v for k, v in asdict(model).items() if k not in ("resources", "paired_with")}
+    if model.refit:  # the default leaves the identity of every cell from before the setting unchanged
+        del model_key["refit"]
     key = {"dataset": asdict(dataset), "split": {"kind": split.kind, "params": split.params},
            "model": model_key, "seed": seed, "evaluation": asdict(config.evaluation), "device": config.device}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -243,7 +245,12 @@ class CellRunner:
             bracket = [calibration.run()]
             caches_before, disk_before = systems.cache_counters(), diskcache.counters()
             cell_progress.phase("fit")
-            fit_cost = systems.measure_fit(lambda: model.fit(self.train), model.size_bytes, model.device)
+            fit_train = self.train
+            if mspec.grid_of and not mspec.refit:  # the selected model itself is tested (bench.grid)
+                fit_train = grid.carve_train(self.dataset, self.split, self.seed)
+                info["fit_data"] = ("train minus the validation carve (refit = false): the model scored on "
+                                    "validation is the one tested")
+            fit_cost = systems.measure_fit(lambda: model.fit(fit_train), model.size_bytes, model.device)
             caches = systems.caches_used(caches_before, systems.cache_counters())
             disk = diskcache.used(disk_before, diskcache.counters())
             bracket.append(calibration.run())
@@ -267,13 +274,18 @@ class CellRunner:
             if disk:
                 rows.append(self.system_row(base, "fit", "fit_disk_caches_hit",
                                             float(all(v == "hit" for v in disk.values()))))
+            if fit_train is not self.train:  # scored on validation before anything (a replay) can update it
+                cell_progress.phase("validation")
+                rows.extend(grid.validation_rows(self.dataset, self.split, self.seed, self.config.device, mspec,
+                                                 base, fitted=model))
             rows.extend(self.run_segments(model, mspec, segments, base, cid, info))
             info["model_description"] = model.describe()  # again: fitted models add what they learned
             cell_progress.phase("real-time replay")
             rows.extend(self.run_realtime(model, mspec, base, cid, info))
-            # grid points only: a second fit on train minus a validation carve, scored on the carve
-            cell_progress.phase("validation fit")
-            rows.extend(grid.validation_rows(self.dataset, self.split, self.seed, self.config.device, mspec, base))
+            if fit_train is self.train:  # grid points only: a second fit on train minus a validation carve
+                cell_progress.phase("validation fit")
+                rows.extend(grid.validation_rows(self.dataset, self.split, self.seed, self.config.device, mspec,
+                                                 base))
             info["status"] = "ok"
         except Exception as exc:  # one broken model must not end the suite
             return self.record_failure(mspec, cid, f"{type(exc).__name__}: {exc}", traceback.format_exc(),

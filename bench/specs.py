@@ -289,6 +289,10 @@ class ModelSpec:
     label: str = ""
     grid_of: str = ""  # set on grid points: the label of the grid they came from (bench.grid)
     select_by: str = ""  # grid points: validation metric that picks the winner, e.g. "ndcg@10"
+    # grid points: True = each point is refitted on all of train for its test rows (the default); False = the
+    # model tested is the one fitted on train minus the validation carve, the model that was selected (RecBole's
+    # early-stopping protocol: the 80% model of an 80/10/10 split is the one reported)
+    refit: bool = True
     splits: list[str] | None = None  # run only on splits of these kinds; None = every split
     # score this model on a seeded sample of at most this many test users per segment (None or 0 = the
     # suite's evaluation.max_test_users, which it can only shrink). Samples are prefixes of one seeded

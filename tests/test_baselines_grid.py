@@ -38,6 +38,8 @@ def test_grid_expands_to_one_labelled_model_per_point() -> None:
     ({"name": "ease", "grid": {"l2": [1.0]}, "select_by": "ndgc@10"}, "select_by"),
     ({"name": "ease", "grid": {"l2": [1.0]}, "select_by": "coverage@10"}, "not a per-user metric"),
     ({"name": "ease", "select_by": "ndcg@10"}, "needs a models[0].grid"),
+    ({"name": "ease", "refit": False}, "models[0].refit needs a models[0].grid"),
+    ({"name": "ease", "grid": {"l2": [1.0]}, "refit": "no"}, "refit"),
     ({"name": "ease", "grid": {"l3": [1.0]}}, "unknown parameter 'l3'"),
 ])
 def test_bad_grids_are_config_errors(table: dict, culprit: str) -> None:
@@ -103,3 +105,46 @@ def test_a_suite_with_a_grid_reports_every_point_and_the_selected_one(tmp_path) 
     test_rows = frame[(frame["segment"] == "all") & (frame["metric"] == "ndcg") & (frame["k"] == 10)]
     by_model = dict(zip(test_rows["model"], test_rows["value"]))
     assert by_model["ease"] == by_model[best]
+
+
+def test_refit_false_tests_the_model_that_was_selected(tmp_path) -> None:
+    """refit = false (RecBole's early-stopping protocol): a point's test rows come from the model fitted on train
+    minus the validation carve, with every training item (carve included) excluded from the ranking; checked
+    against EASE fitted by hand on the carve and NDCG@10 computed here; the default refits on all of train."""
+    from bench import registry
+    from bench.data.dataset import train_data
+
+    raw = suite([{"name": "ease", "grid": {"l2": [0.5, 50.0]}, "refit": False},
+                 {"name": "ease", "label": "ease-refit", "grid": {"l2": [0.5, 50.0]}}])
+    config = parse_suite(raw, "test")
+    assert [m.refit for m in config.models] == [False, False, True, True]
+    summary = run_suite(config, out_root=tmp_path, progress=None)
+    assert summary.failed == 0, summary.failures
+    frame = summary.frame
+    value = {(r.model, r.segment): r.value for r in frame[(frame["metric"] == "ndcg") & (frame["k"] == 10)
+                                                          & frame["segment"].isin(["all", "valid"])].itertuples()}
+
+    dataset = load_dataset("synthetic", None, None, **config.datasets[0].params)
+    split = make_split(dataset, "random", 0)
+    fit_rows, _ = grid.validation_carve(dataset, split, 0)
+    full = train_data(dataset, split.train).matrix.tocsr()
+    test_users, test_items = dataset.user[split.test], dataset.item[split.test]
+    users = np.unique(test_users)
+    for l2 in (0.5, 50.0):
+        model = registry.models.get("ease")(seed=0, l2=l2)
+        model.fit(train_data(dataset, fit_rows))
+        items, _ = model.recommend(users, 10, exclude=full[users])
+        ndcg = []
+        for row, u in enumerate(users):
+            relevant = set(test_items[test_users == u].tolist())
+            gains = [1.0 / np.log2(r + 2) for r, i in enumerate(items[row]) if i in relevant]
+            ideal = sum(1.0 / np.log2(r + 2) for r in range(min(len(relevant), 10)))
+            ndcg.append(sum(gains) / ideal)
+        assert value[(f"ease[l2={l2}]", "all")] == pytest.approx(np.mean(ndcg), abs=1e-9)
+        # the same carve-fitted model is what both settings score on validation
+        assert value[(f"ease[l2={l2}]", "valid")] == pytest.approx(value[(f"ease-refit[l2={l2}]", "valid")], abs=1e-9)
+        assert value[(f"ease[l2={l2}]", "all")] != pytest.approx(value[(f"ease-refit[l2={l2}]", "all")], abs=1e-6)
+    cells = frame[frame["model"] == "ease[l2=0.5]"]["cell_id"].unique()
+    import json
+    info = json.loads((summary.run_dir / "cells" / cells[0] / "cell.json").read_text())
+    assert "validation carve" in info["fit_data"]
