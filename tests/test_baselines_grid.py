@@ -148,3 +148,15 @@ def test_refit_false_tests_the_model_that_was_selected(tmp_path) -> None:
     import json
     info = json.loads((summary.run_dir / "cells" / cells[0] / "cell.json").read_text())
     assert "validation carve" in info["fit_data"]
+
+
+def test_a_stored_config_keeps_refit_and_the_default_needs_no_grid() -> None:
+    """config.json (SuiteConfig.as_dict) writes refit for every model: true must reload without a grid, false
+    must stay false on the grid points (resume and bench score re-read it)."""
+    from bench.config import config_from_dict
+
+    config = parse_suite(suite([{"name": "ease", "grid": {"l2": [0.5, 50.0]}, "refit": False}, {"name": "pop"}]),
+                         "test")
+    again = config_from_dict(config.as_dict(), "stored/config.json")
+    assert [(m.label, m.refit) for m in again.models] == [("ease[l2=0.5]", False), ("ease[l2=50.0]", False),
+                                                          ("pop", True)]
