@@ -412,8 +412,8 @@ def expand_grid(spec: ModelSpec, table: dict[str, Any], where: str, source: str)
     grid = table.get("grid")
     if not grid:
         # refit = true is the default (stored configs write it for every model); only false asks for a grid
-        for key in [k for k in ("select_by", "refit") if k in table and table[k] is not True]:
-            if not spec.grid_of:
+        for key in ("select_by", "refit"):
+            if key in table and table[key] is not True and not spec.grid_of:
                 raise ConfigError(f"{source}: {where}.{key} needs a {where}.grid to select from")
         return [spec]
     select_by = table.get("select_by", DEFAULT_SELECT_BY)

@@ -97,13 +97,18 @@ def _rank_within_user(users: np.ndarray, key: np.ndarray) -> np.ndarray:
     return rank
 
 
-def carve_train(dataset: Dataset, split: Split, seed: int) -> TrainData:
-    """Training data without the validation carve: what a grid point with ``refit = false`` is fitted on."""
+def _carve_data(dataset: Dataset, split: Split, seed: int, label: str) -> tuple[TrainData, np.ndarray]:
+    """(training data without the carve, validation rows), refusing an empty carve."""
     fit_rows, valid_rows = validation_carve(dataset, split, seed)
     if valid_rows.size == 0:
-        raise ConfigError(f"grid selection: the validation carve of split '{split.kind}' is empty; the split "
-                          f"leaves too little training data")
-    return train_data(dataset, fit_rows)
+        raise ConfigError(f"grid selection for '{label}': the validation carve of split "
+                          f"'{split.kind}' is empty; the split leaves too little training data")
+    return train_data(dataset, fit_rows), valid_rows
+
+
+def carve_train(dataset: Dataset, split: Split, seed: int, label: str) -> TrainData:
+    """Training data without the validation carve: what a grid point with ``refit = false`` is fitted on."""
+    return _carve_data(dataset, split, seed, label)[0]
 
 
 def validation_rows(dataset: Dataset, split: Split, seed: int, device: str, mspec: ModelSpec,
@@ -113,11 +118,7 @@ def validation_rows(dataset: Dataset, split: Split, seed: int, device: str, mspe
     if not mspec.grid_of:
         return []
     name, k = mspec.select_metric()
-    fit_rows, valid_rows = validation_carve(dataset, split, seed)
-    if valid_rows.size == 0:
-        raise ConfigError(f"grid selection for '{mspec.label}': the validation carve of split "
-                          f"'{split.kind}' is empty; the split leaves too little training data")
-    fit_data = train_data(dataset, fit_rows)
+    fit_data, valid_rows = _carve_data(dataset, split, seed, mspec.label)
     model = fitted or registry.models.get(mspec.name)(seed=seed, device=device, **mspec.params)
     if k > model.ranked_depth(k):  # a two-stage point that ranks fewer than k: its first stage would be chosen
         return [base | {"segment": "valid", "metric": name, "k": k, "value": float("nan"), "ci_low": float("nan"),

@@ -245,9 +245,10 @@ class CellRunner:
             bracket = [calibration.run()]
             caches_before, disk_before = systems.cache_counters(), diskcache.counters()
             cell_progress.phase("fit")
+            tests_carve_model = bool(mspec.grid_of) and not mspec.refit  # the selected model is tested (bench.grid)
             fit_train = self.train
-            if mspec.grid_of and not mspec.refit:  # the selected model itself is tested (bench.grid)
-                fit_train = grid.carve_train(self.dataset, self.split, self.seed)
+            if tests_carve_model:
+                fit_train = grid.carve_train(self.dataset, self.split, self.seed, mspec.label)
                 info["fit_data"] = ("train minus the validation carve (refit = false): the model scored on "
                                     "validation is the one tested")
             fit_cost = systems.measure_fit(lambda: model.fit(fit_train), model.size_bytes, model.device)
@@ -274,7 +275,7 @@ class CellRunner:
             if disk:
                 rows.append(self.system_row(base, "fit", "fit_disk_caches_hit",
                                             float(all(v == "hit" for v in disk.values()))))
-            if fit_train is not self.train:  # scored on validation before anything (a replay) can update it
+            if tests_carve_model:  # scored on validation before anything (a replay) can update it
                 cell_progress.phase("validation")
                 rows.extend(grid.validation_rows(self.dataset, self.split, self.seed, self.config.device, mspec,
                                                  base, fitted=model))
@@ -282,7 +283,7 @@ class CellRunner:
             info["model_description"] = model.describe()  # again: fitted models add what they learned
             cell_progress.phase("real-time replay")
             rows.extend(self.run_realtime(model, mspec, base, cid, info))
-            if fit_train is self.train:  # grid points only: a second fit on train minus a validation carve
+            if not tests_carve_model:  # grid points only: a second fit on train minus a validation carve
                 cell_progress.phase("validation fit")
                 rows.extend(grid.validation_rows(self.dataset, self.split, self.seed, self.config.device, mspec,
                                                  base))

@@ -419,6 +419,15 @@ class LLMRerank(LMRecommender):
         lines = "".join(f"{label}. {self.texts[int(c)]}\n" for label, c in zip(LIST_LABELS, candidates))
         return self.encode(f"Candidates:\n{lines}Which candidate will the user like next? Answer:")
 
+    def shown_label_logits(self, ids: Any, mask: Any, last: Any, counts: list[int]) -> Any:
+        """[rows, max(counts)] logits of the labels A, B, ...; labels beyond a row's own count of listed
+        candidates are -inf, so a softmax or cross-entropy covers only the labels that row shows."""
+        torch = self.torch
+        logits = self.token_logits(ids, mask, last, self.label_ids[:max(counts)])
+        positions = torch.arange(logits.shape[1], device=logits.device)[None, :]
+        shown = positions < torch.tensor(counts, device=logits.device)[:, None]
+        return logits.masked_fill(~shown, float("-inf"))
+
     def p_listed(self, histories: list[np.ndarray], heads: list[np.ndarray]) -> list[np.ndarray]:
         """Listwise: per user, the softmax over the shown labels' next-token logits, one prompt per user, in
         batches of ``batch_size`` users."""
@@ -431,10 +440,8 @@ class LLMRerank(LMRecommender):
                 progress.step(part.start, len(todo), "users scored")
                 ids, mask, last = self.pad([self.prefix_ids(histories[r]) + self.list_suffix_ids(heads[r])
                                             for r in rows])
-                logits = self.token_logits(ids, mask, last, self.label_ids)
-                shown = torch.tensor([[j < len(heads[r]) for j in range(len(LIST_LABELS))] for r in rows],
-                                     device=logits.device)
-                probs = torch.softmax(logits.masked_fill(~shown, float("-inf")), dim=-1).cpu().numpy()
+                logits = self.shown_label_logits(ids, mask, last, [len(heads[r]) for r in rows])
+                probs = torch.softmax(logits, dim=-1).cpu().numpy()
                 for i, r in enumerate(rows):
                     out[r] = probs[i, :len(heads[r])].astype(np.float64)
         return out
@@ -489,9 +496,7 @@ class LLMRerank(LMRecommender):
             targets.append(int(np.flatnonzero(order == 0)[0]))
             counts.append(len(listed))
         ids, mask, last = self.pad(sequences)
-        logits = self.token_logits(ids, mask, last, self.label_ids[:n])
-        shown = torch.arange(n, device=logits.device)[None, :] < torch.tensor(counts, device=logits.device)[:, None]
-        logits = logits.masked_fill(~shown, float("-inf"))
+        logits = self.shown_label_logits(ids, mask, last, counts)
         return torch.nn.functional.cross_entropy(logits, torch.tensor(targets, device=logits.device))
 
     def batch_loss(self, rng: np.random.Generator) -> Any:
