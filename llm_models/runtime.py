@@ -18,16 +18,18 @@ in seconds instead of converting it again (``disk_caches`` in cell.json).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
 import importlib.util
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from bench import diskcache, systems
+from bench import diskcache, progress, systems
 from bench.errors import ConfigError
 # Devices and timing have one home shared with the neural baselines; re-exported for llm_models.
 from bench.torch_device import GpuPeak, autocast, batches, seed_everything, synchronize, use_threads  # noqa: F401
@@ -178,12 +180,74 @@ def cached_conversion(source: Path, conversion: str, convert: Any) -> tuple[Any,
                             lambda folder: _from_pretrained(str(folder)), f"converted checkpoint of {source.name}")
 
 
+@contextlib.contextmanager
+def gguf_parsed_once() -> Iterator[dict[str, int]]:
+    """Within this block, transformers parses a GGUF file once instead of three times.
+
+    ``from_pretrained(gguf_file=...)`` builds a fresh ``gguf.GGUFReader`` for the config, the tokenizer and
+    the weights, each parsing the whole metadata in Python (~8 s for SmolLM2's 49k-token vocabulary and
+    merges), and rebuilds gguf's tensor-name map for each of the model's ~400 submodules (~9 s); the
+    de-quantisation itself is ~3 s. Here the reader of a path and the name map of an (architecture, layers)
+    pair are built once and shared: the same objects, read-only, so the converted weights are the same
+    bytes (``tests/test_llm_models.py``). transformers imports both names from ``gguf`` at call time, so
+    replacing them on the module for the block reaches it; tensor progress goes to bench.progress instead
+    of a tqdm bar that would garble the run's terminal. Yields counters of what was built (for tests).
+    """
+    import gguf
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+
+    with _GGUF_PATCH_LOCK:  # module attributes: one block at a time in a process
+        yield from _gguf_patched(gguf, hf_gguf)
+
+
+_GGUF_PATCH_LOCK = threading.Lock()
+
+
+def _gguf_patched(gguf: Any, hf_gguf: Any) -> Iterator[dict[str, int]]:
+    built = {"readers": 0, "name_maps": 0}
+    readers: dict[tuple[str, str], Any] = {}
+    reader_type, name_map, hf_tqdm = gguf.GGUFReader, gguf.get_tensor_name_map, getattr(hf_gguf, "tqdm", None)
+
+    def shared_reader(path: Any, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = reader_type(path, mode)
+            built["readers"] += 1
+        return readers[key]
+
+    @functools.lru_cache(maxsize=None)
+    def shared_name_map(arch: Any, n_blocks: int) -> Any:
+        built["name_maps"] += 1
+        return name_map(arch, n_blocks)
+
+    def tensors_with_progress(tensors: Any, desc: str = "", **_: Any) -> Iterator[Any]:
+        tensors = list(tensors)
+        for done, tensor in enumerate(tensors):
+            progress.step(done, len(tensors), "GGUF tensors de-quantised")
+            yield tensor
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = shared_reader, shared_name_map
+    if hf_tqdm is not None:
+        hf_gguf.tqdm = tensors_with_progress
+    try:
+        yield built
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_type, name_map
+        if hf_tqdm is not None:
+            hf_gguf.tqdm = hf_tqdm
+
+
+def convert_gguf(location: str, gguf_file: str) -> tuple[Any, Any]:
+    """(tokenizer, float32 causal LM) de-quantised from ``location/gguf_file``, the file parsed once."""
+    with gguf_parsed_once():
+        return _from_pretrained(location, gguf_file=gguf_file)
+
+
 @functools.lru_cache(maxsize=2)
 def _load_lm(location: str, gguf_file: str | None) -> tuple[Any, Any]:
-    if gguf_file:  # de-quantising a GGUF costs ~25 s per process on CPU: convert once, keep it on disk
+    if gguf_file:  # de-quantising a GGUF costs ~20 s on CPU even parsed once: convert once, keep it on disk
         source = Path(location) / gguf_file
-        tokenizer, lm = cached_conversion(source, "gguf-dequantise",
-                                          lambda: _from_pretrained(location, gguf_file=gguf_file))
+        tokenizer, lm = cached_conversion(source, "gguf-dequantise", lambda: convert_gguf(location, gguf_file))
     else:
         tokenizer, lm = _from_pretrained(location)
     lm.eval()

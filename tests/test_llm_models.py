@@ -10,6 +10,7 @@ are seeded); the same-seed test always fits twice.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -148,6 +149,49 @@ def test_rerank_orders_first_stage_head_by_p_yes(smollm_rerank: Recommender) -> 
     assert np.all(scores[0, 4:] < 1)
     # ... so it declares only its first 4 positions as its own ranking (the runner credits k <= 4 only)
     assert model.ranked_depth(6) == 4 and model.ranked_depth(3) == 3
+
+
+def test_gguf_parsed_once_converts_every_tensor_as_gguf_dequantises_it() -> None:
+    """The one-parse conversion of the packaged SmolLM2 GGUF (runtime.gguf_parsed_once) reads the file once and
+    gives the weights gguf's own de-quantiser gives, tensor by tensor (q/k with llama.cpp's head permutation
+    undone), and the tokenizer that transformers builds from a fresh parse."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    from llm_models import runtime
+
+    location, gguf_file = runtime.resolve_checkpoint(runtime.DEFAULT_LM, "test")
+    with runtime.gguf_parsed_once() as built:
+        tokenizer, lm = runtime._from_pretrained(location, gguf_file=gguf_file)
+    assert built == {"readers": 1, "name_maps": 1}
+    assert gguf.GGUFReader is not None and not hasattr(gguf.GGUFReader, "cache_info")  # restored after the block
+
+    config, weights = lm.config, lm.state_dict()
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+    names = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "attn_norm": "input_layernorm",
+             "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+             "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj",
+             "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    checked = 0
+    for tensor in gguf.GGUFReader(Path(location) / gguf_file).tensors:
+        parts = tensor.name.split(".")
+        if parts[0] == "blk":
+            kind, hf_name = parts[2], f"model.layers.{parts[1]}.{names[parts[2]]}.weight"
+        else:
+            kind, hf_name = parts[0], f"{names[parts[0]]}.weight"
+        expected = gguf.dequantize(tensor.data, tensor.tensor_type)
+        if kind in heads:  # llama.cpp's converter interleaves each head's rotary halves of q/k rows: undo it
+            n_head = heads[kind]
+            expected = expected.reshape(n_head, expected.shape[0] // n_head // 2, 2, *expected.shape[1:]) \
+                .swapaxes(1, 2).reshape(expected.shape)
+        assert np.array_equal(weights[hf_name].numpy(), expected.astype(np.float32)), tensor.name
+        checked += 1
+    assert checked == len(weights) - ("lm_head.weight" in weights)  # tied output head: no tensor of its own
+
+    fresh = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
+    text = "Toy Story (1995); Heat (1995). Would the user like Casino (1995)? Yes"
+    assert tokenizer.get_vocab() == fresh.get_vocab()
+    assert tokenizer(text)["input_ids"] == fresh(text)["input_ids"]
 
 
 def test_rerank_takes_capabilities_from_first_stage() -> None:
