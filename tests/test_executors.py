@@ -278,3 +278,30 @@ def test_ctrl_c_with_jobs_2_cancels_running_cells_and_keeps_finished_ones(tmp_pa
     assert saved.cell_id.nunique() == len(list(run_dir.glob("cells/*/cell.json"))) >= 2
     hanging = [p for p in run_dir.glob("cells/*/cell.json") if json.loads(p.read_text())["model"] == "hanging"]
     assert not hanging  # cancelled, not recorded: --resume runs it again
+
+
+def test_occupancy_records_are_counted_by_name_and_pruned(tmp_path):
+    """A cell counts the records that overlap its run from their names alone (it opens none of them, so a
+    node with thousands of records costs no reading per cell), and forgets records older than KEEP_SECONDS
+    and markers of dead processes."""
+    from bench.execution import NodeSlot
+
+    folder = tmp_path / "node"
+    folder.mkdir()
+    now = time.time()
+    overlapping = folder / NodeSlot.finished_name(11, "aaaaaaaaaaaa", now - 5, now + 3600)
+    overlapping.write_text("not json: never read")
+    earlier = folder / NodeSlot.finished_name(12, "bbbbbbbbbbbb", now - 100, now - 50)
+    expired = folder / NodeSlot.finished_name(13, "cccccccccccc", now - 3 * 86400, now - 3 * 86400 + 1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    dead_marker = folder / f"running-{dead.pid}-dddddddddddd.json"
+    for path in (earlier, expired, dead_marker):
+        path.write_text("{}")
+    with NodeSlot(folder, "eeeeeeeeeeee", exclusive_timing=False) as slot:
+        pass
+    assert not expired.exists() and not dead_marker.exists() and earlier.exists()
+    assert slot.shared_with() == 1  # the overlapping record; not the earlier one, nor its own
+    assert NodeSlot.finished_times(NodeSlot.finished_name(slot.pid, "eeeeeeeeeeee", slot.start, slot.end)) == (
+        round(slot.start, 6), round(slot.end, 6))
+    assert (folder / NodeSlot.finished_name(slot.pid, "eeeeeeeeeeee", slot.start, slot.end)).exists()
