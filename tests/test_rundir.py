@@ -124,3 +124,21 @@ def test_configuration_flows_down_only():
         assert "bench.config" not in graph[runtime], runtime
     assert graph["bench.specs"] <= {"bench.errors", "bench.schema"}
     assert graph["bench.rundir"] == set()
+
+
+def test_results_table_is_the_same_json_value_one_row_per_line():
+    """results.json's one-row-per-line writer (rundir.dumps_table) gives exactly the value the indented
+    writer gives, NaN/inf as null, numpy scalars as numbers, and a line per row."""
+    import json
+
+    from bench.rundir import dumps, dumps_table
+
+    rows = [{"metric": "ndcg", "value": 0.25, "ci_low": float("nan"), "k": np.int64(10)},
+            {"metric": "recall", "value": float("inf"), "ci_low": np.float64(0.1), "k": 5}]
+    header = {"schema_version": 3, "provenance": {"seed": [0], "note": "a\nb"}, "columns": ["k", "metric"]}
+    text = dumps_table(header, "rows", rows)
+    assert json.loads(text) == json.loads(dumps({**header, "rows": rows}))
+    assert json.loads(text)["rows"][0] == {"metric": "ndcg", "value": 0.25, "ci_low": None, "k": 10}
+    assert json.loads(text)["rows"][1]["value"] is None
+    assert sum(line.strip().startswith('{"ci_low"') for line in text.splitlines()) == 2
+    assert json.loads(dumps_table(header, "rows", [])) == {**header, "rows": []}
