@@ -146,8 +146,8 @@ def test_every_built_in_suite_loads_and_plans_cells():
         else:
             assert plan_cells(load_suite(name)), name
     coldstart = {m.label: m for m in load_suite("coldstart").models}
-    # the language-model recommenders join coldstart; the two slow LMs on a shared 16-user sample, nested in
+    # the language-model recommenders join coldstart; the two slow LMs on a shared 12-user sample, nested in
     # the two-tower's 300 (one seeded permutation), text-embed on everyone
     assert {"text-embed", "text-twotower", "llm-rerank", "llm-generate"} <= set(coldstart)
-    assert coldstart["llm-rerank"].max_test_users == coldstart["llm-generate"].max_test_users == 16
+    assert coldstart["llm-rerank"].max_test_users == coldstart["llm-generate"].max_test_users == 12
     assert coldstart["text-twotower"].max_test_users == 300 and not coldstart["text-embed"].max_test_users
