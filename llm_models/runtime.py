@@ -152,7 +152,7 @@ def checkpoint_key(source: Path, conversion: str) -> dict[str, Any]:
     """What decides a converted checkpoint's bytes: the source file's content, the converter and the dtype.
 
     The sha256 of the file, not its size and mtime: hashing SmolLM2's 98 MB GGUF
-    takes ~0.4 s against the ~25 s conversion it saves, and a reinstalled or
+    takes ~0.4 s against the ~10 s conversion it saves, and a reinstalled or
     replaced file with the same name, size or mtime can never be mistaken for another.
     """
     import torch
