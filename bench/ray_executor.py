@@ -114,8 +114,14 @@ class RayExecutor:
     def outstanding(self) -> int:
         return len(self.waiting)
 
+    WAIT_SLICE_SECONDS = 0.5
+
     def next_done(self) -> tuple[CellTask, CellResult]:
-        ready, _ = self.ray.wait(list(self.waiting), num_returns=1)
+        # ray.wait without a timeout blocks in C++ and never runs Python's signal handlers: a Ctrl-C arriving
+        # then would wait for the running cell to end (an hour for a hanging one). Short slices let it through.
+        ready: list[Any] = []
+        while not ready:
+            ready, _ = self.ray.wait(list(self.waiting), num_returns=1, timeout=self.WAIT_SLICE_SECONDS)
         ref = ready[0]
         task = self.waiting.pop(ref)
         try:

@@ -163,6 +163,7 @@ def test_gguf_parsed_once_converts_every_tensor_as_gguf_dequantises_it() -> None
     location, gguf_file = runtime.resolve_checkpoint(runtime.DEFAULT_LM, "test")
     with runtime.gguf_parsed_once() as built:
         tokenizer, lm = runtime._from_pretrained(location, gguf_file=gguf_file)
+        reader = gguf.GGUFReader(Path(location) / gguf_file)  # the shared one: gguf's own parse, not re-done
     assert built == {"readers": 1, "name_maps": 1}
     assert gguf.GGUFReader is not None and not hasattr(gguf.GGUFReader, "cache_info")  # restored after the block
 
@@ -173,7 +174,7 @@ def test_gguf_parsed_once_converts_every_tensor_as_gguf_dequantises_it() -> None
              "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj",
              "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
     checked = 0
-    for tensor in gguf.GGUFReader(Path(location) / gguf_file).tensors:
+    for tensor in reader.tensors:
         parts = tensor.name.split(".")
         if parts[0] == "blk":
             kind, hf_name = parts[2], f"model.layers.{parts[1]}.{names[parts[2]]}.weight"

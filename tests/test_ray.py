@@ -116,20 +116,31 @@ def test_a_dead_ray_worker_is_retried_once_and_the_attempt_recorded(local_ray, t
 
 
 def test_ctrl_c_cancels_outstanding_ray_tasks_and_keeps_finished_cells(local_ray, tmp_path):
-    """SIGINT while a hanging cell runs on Ray: KeyboardInterrupt, pop's cell kept, the hanging task cancelled
-    (its CPU is free again at once, not after the hour it would sleep)."""
+    """SIGINT while a hanging cell runs on Ray: KeyboardInterrupt within seconds, pop's cell kept, the hanging
+    task cancelled (its CPU is free again at once, not after the hour it would sleep). The interrupt comes
+    while the driver is blocked in ray.wait, which once swallowed it until the cell ended."""
     config = suite([{"name": "pop"}, {"name": "hanging"}], tmp_path)
+    interrupted_at: list[float] = []
+    run_ended = threading.Event()
 
     def interrupt_after_pop() -> None:
         deadline = time.time() + 120
         while not list(tmp_path.glob("*/cells/*/cell.json")) and time.time() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)  # the hanging cell is running by now
+        time.sleep(1.0)  # the hanging cell is running, and the driver is back in ray.wait
+        interrupted_at.append(time.time())
         os.kill(os.getpid(), signal.SIGINT)
+        if not run_ended.wait(30):  # watchdog: a run deaf to the interrupt is unblocked (and the test fails)
+            for marker in (tmp_path / "node").glob("running-*.json"):
+                os.kill(int(marker.name.split("-")[1]), signal.SIGKILL)
 
     threading.Thread(target=interrupt_after_pop, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_suite(config, out_root=tmp_path, progress=None)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_suite(config, out_root=tmp_path, progress=None)
+    finally:
+        run_ended.set()
+    assert time.time() - interrupted_at[0] < 10, "the interrupt waited for the running cell"
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("ray-kill")]
     assert set(cells(run_dir)) == {"pop"}
     assert set(pd.read_csv(run_dir / "results.csv").model) == {"pop"}
