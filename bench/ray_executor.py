@@ -68,6 +68,7 @@ class RayExecutor:
     """Submits each cell as a Ray task; collects results as they finish; Ctrl-C cancels what is outstanding."""
 
     name = "ray"
+    WAIT_SLICE_SECONDS = 0.5  # longest wait before a Ctrl-C is taken (next_done)
 
     def __init__(self, spec: ExecutionSpec, device: str) -> None:
         ray = self.ray = import_ray()
@@ -114,11 +115,10 @@ class RayExecutor:
     def outstanding(self) -> int:
         return len(self.waiting)
 
-    WAIT_SLICE_SECONDS = 0.5
-
     def next_done(self) -> tuple[CellTask, CellResult]:
-        # ray.wait without a timeout blocks in C++ and never runs Python's signal handlers: a Ctrl-C arriving
-        # then would wait for the running cell to end (an hour for a hanging one). Short slices let it through.
+        # Short slices hand control back to Python between waits, so a Ctrl-C is taken within WAIT_SLICE_SECONDS
+        # whatever Ray's own signal checks do (one CI run sat in an unbounded ray.wait after a SIGINT; the
+        # cause was not pinned down, the test now fails instead of hanging).
         ready: list[Any] = []
         while not ready:
             ready, _ = self.ray.wait(list(self.waiting), num_returns=1, timeout=self.WAIT_SLICE_SECONDS)

@@ -204,14 +204,6 @@ def gguf_parsed_once() -> Iterator[dict[str, int]]:
     import gguf
     import transformers.modeling_gguf_pytorch_utils as hf_gguf
 
-    with _GGUF_PATCH_LOCK:  # module attributes: one block at a time in a process
-        yield from _gguf_patched(gguf, hf_gguf)
-
-
-_GGUF_PATCH_LOCK = threading.Lock()
-
-
-def _gguf_patched(gguf: Any, hf_gguf: Any) -> Iterator[dict[str, int]]:
     built = {"readers": 0, "name_maps": 0}
     readers: dict[tuple[str, str], Any] = {}
     reader_type, name_map, hf_tqdm = gguf.GGUFReader, gguf.get_tensor_name_map, getattr(hf_gguf, "tqdm", None)
@@ -234,15 +226,19 @@ def _gguf_patched(gguf: Any, hf_gguf: Any) -> Iterator[dict[str, int]]:
             progress.step(done, len(tensors), "GGUF tensors de-quantised")
             yield tensor
 
-    gguf.GGUFReader, gguf.get_tensor_name_map = shared_reader, shared_name_map
-    if hf_tqdm is not None:
-        hf_gguf.tqdm = tensors_with_progress
-    try:
-        yield built
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = reader_type, name_map
+    with _GGUF_PATCH_LOCK:  # module attributes: one block at a time in a process
+        gguf.GGUFReader, gguf.get_tensor_name_map = shared_reader, shared_name_map
         if hf_tqdm is not None:
-            hf_gguf.tqdm = hf_tqdm
+            hf_gguf.tqdm = tensors_with_progress
+        try:
+            yield built
+        finally:
+            gguf.GGUFReader, gguf.get_tensor_name_map = reader_type, name_map
+            if hf_tqdm is not None:
+                hf_gguf.tqdm = hf_tqdm
+
+
+_GGUF_PATCH_LOCK = threading.Lock()
 
 
 def convert_gguf(location: str, gguf_file: str) -> tuple[Any, Any]:
@@ -253,7 +249,7 @@ def convert_gguf(location: str, gguf_file: str) -> tuple[Any, Any]:
 
 @functools.lru_cache(maxsize=2)
 def _load_lm(location: str, gguf_file: str | None) -> tuple[Any, Any]:
-    if gguf_file:  # de-quantising a GGUF costs ~20 s on CPU even parsed once: convert once, keep it on disk
+    if gguf_file:  # de-quantising a GGUF costs ~10 s on CPU even parsed once: convert once, keep it on disk
         source = Path(location) / gguf_file
         tokenizer, lm = cached_conversion(source, "gguf-dequantise", lambda: convert_gguf(location, gguf_file))
     else:
