@@ -117,8 +117,8 @@ class RayExecutor:
 
     def next_done(self) -> tuple[CellTask, CellResult]:
         # Short slices hand control back to Python between waits, so a Ctrl-C is taken within WAIT_SLICE_SECONDS
-        # whatever Ray's own signal checks do (one CI run sat in an unbounded ray.wait after a SIGINT; the
-        # cause was not pinned down, the test now fails instead of hanging).
+        # whatever Ray's own signal checks do. (A CI run that once sat here after a SIGINT had been started
+        # with SIGINT ignored, so no interrupt arrived; the tests' ctrl_c_delivered fixture covers that.)
         ready: list[Any] = []
         while not ready:
             ready, _ = self.ray.wait(list(self.waiting), num_returns=1, timeout=self.WAIT_SLICE_SECONDS)

@@ -4,6 +4,7 @@ beside the repository, or $BENCH_DATA_MIRROR), never from the network."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,20 @@ REPO = Path(__file__).resolve().parents[1]
 def mirror_dirs() -> tuple[Path, ...]:
     from_env = [Path(p) for p in os.environ.get("BENCH_DATA_MIRROR", "").split(os.pathsep) if p]
     return tuple(from_env) + (REPO.parent / "shared" / "datasets",)
+
+
+@pytest.fixture
+def ctrl_c_delivered():
+    """Ctrl-C raises KeyboardInterrupt in this process and in the processes the test starts.
+
+    A test runner started in the background of a non-interactive shell (``pytest &``, a CI
+    agent's job) inherits SIGINT *ignored*; its children inherit that, and Python then installs
+    no KeyboardInterrupt handler, so a Ctrl-C test would see its interrupt vanish. With a
+    handler installed here, exec gives each child the default disposition again.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

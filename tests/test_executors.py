@@ -231,7 +231,7 @@ def _session_processes(sid: int) -> list[str]:
     return found
 
 
-def test_ctrl_c_with_jobs_2_cancels_running_cells_and_keeps_finished_ones(tmp_path):
+def test_ctrl_c_with_jobs_2_cancels_running_cells_and_keeps_finished_ones(tmp_path, ctrl_c_delivered):
     """Ctrl-C with two cells in flight: bench exits 130, finished cells stay, the `hanging` cell's process is
     killed (nothing of the run outlives it). The run has its own session and writes to files, not pipes: a
     cell process that outlived the run would otherwise hold a pipe open and block the test; here every wait

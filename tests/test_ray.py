@@ -115,7 +115,7 @@ def test_a_dead_ray_worker_is_retried_once_and_the_attempt_recorded(local_ray, t
     assert info["pop"]["status"] == "ok"
 
 
-def test_ctrl_c_cancels_outstanding_ray_tasks_and_keeps_finished_cells(local_ray, tmp_path):
+def test_ctrl_c_cancels_outstanding_ray_tasks_and_keeps_finished_cells(local_ray, tmp_path, ctrl_c_delivered):
     """SIGINT while a hanging cell runs on Ray: KeyboardInterrupt within seconds, pop's cell kept, the hanging
     task cancelled (its CPU is free again at once, not after the hour it would sleep). The interrupt comes
     while the driver is blocked in ray.wait, which once swallowed it until the cell ended."""

@@ -196,7 +196,7 @@ def test_sigkill_mid_suite_then_resume_equals_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(accuracy_rows(run_dir), accuracy_rows(next((tmp_path / "full").iterdir())))
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_finished_cells(tmp_path):
+def test_ctrl_c_stops_cleanly_and_keeps_finished_cells(tmp_path, ctrl_c_delivered):
     suite_file = tmp_path / "killme.toml"
     suite_file.write_text(textwrap.dedent(KILL_SUITE))
     root = tmp_path / "interrupted"
