@@ -31,14 +31,16 @@ class _CellProgress:
         self.label, self.interval, self.stream = label, interval, stream
         self.started = time.perf_counter()
         self.phase = "starting"
+        self.part = ""  # where in the phase the runner is (which users of a segment), set by part()
         self.detail = ""
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="bench-progress", daemon=True)
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.started
+        part = f", {self.part}" if self.part else ""
         detail = f": {self.detail}" if self.detail else ""
-        return f"  {self.label}: {self.phase}{detail} ({elapsed:.0f}s)"
+        return f"  {self.label}: {self.phase}{part}{detail} ({elapsed:.0f}s)"
 
     def _beat(self) -> None:
         while not self.stopped.wait(self.interval):
@@ -70,9 +72,19 @@ def cell(label: str, interval: float = DEFAULT_INTERVAL, stream: TextIO | None =
 
 
 def phase(name: str) -> None:
-    """The cell entered a phase (``fit``, ``recommend <segment>``, ...); its step detail starts empty."""
+    """The cell entered a phase (``fit``, ``recommend <segment>``, ...); its part and step detail start empty."""
     if _active is not None:
-        _active.phase, _active.detail = name, ""
+        _active.phase, _active.part, _active.detail = name, "", ""
+
+
+def part(name: str) -> None:
+    """The runner moved to another part of its phase (``users 101-200``): a model's steps count within it.
+
+    The runner hands a model its users in batches, so a model's own "users scored 6/10" is
+    within the batch; the part says which batch of the phase that is.
+    """
+    if _active is not None:
+        _active.part, _active.detail = name, ""
 
 
 def step(done: int, total: int | None = None, what: str = "", extra: str = "") -> None:

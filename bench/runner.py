@@ -371,6 +371,8 @@ class CellRunner:
         seconds = validate_seconds = 0.0
         for lo in range(0, len(data.users), batch):
             hi = lo + batch
+            if batch < len(data.users):
+                cell_progress.part(f"users {lo + 1}-{min(hi, len(data.users))}")
             hist = None if data.history is None else data.history[lo:hi]
             excl = None if data.exclude is None else data.exclude[lo:hi]
             cand = data.batch_candidates(lo, hi)
@@ -487,6 +489,8 @@ class CellRunner:
         batch = self.config.evaluation.batch_size or len(data.users)
         parts = []
         for lo in range(0, len(data.users), batch):
+            if batch < len(data.users):
+                cell_progress.part(f"users {lo + 1}-{min(lo + batch, len(data.users))}")
             hist = None if data.history is None else data.history[lo:lo + batch]
             excl = None if data.exclude is None else data.exclude[lo:lo + batch]
             items, scores = model.recommend(data.users[lo:lo + batch], k, history=hist,

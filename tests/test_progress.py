@@ -28,6 +28,37 @@ def test_steps_are_printed_by_the_heartbeat_with_the_latest_state_only():
     assert all(line.startswith("  [3/9] ml-100k random sasrec: fit: epoch 3/3 loss 0.50 (") for line in lines)
 
 
+def test_a_part_of_a_phase_frames_the_models_steps_and_a_new_phase_clears_it():
+    out = io.StringIO()
+    with progress.cell("llm-rerank", interval=0.05, stream=out):
+        progress.phase("recommend all (100 users)")
+        progress.part("users 61-70")
+        progress.step(6, 10, "users scored")
+        time.sleep(0.2)
+        progress.phase("systems all")
+        time.sleep(0.2)
+    lines = out.getvalue().splitlines()
+    assert "  llm-rerank: recommend all (100 users), users 61-70: users scored 6/10 (" in lines[0]
+    assert lines[-1].startswith("  llm-rerank: systems all (")
+
+
+def test_the_runner_says_which_users_of_a_segment_a_model_is_scoring(tmp_path, capsys):
+    raw = {"name": "parts", "seeds": [0],
+           "evaluation": {"k": [5], "bootstrap": 0, "batch_size": 20, "systems": {"enabled": False}},
+           "datasets": [{"name": "synthetic", "params": {"n_users": 60, "n_items": 40, "n_interactions": 600}}],
+           "splits": [{"kind": "random"}],
+           "models": [{"name": "slow-pop", "params": {"delay": 0.0, "recommend_delay": 0.3}}],
+           "execution": {"isolation": "none", "occupancy_dir": str(tmp_path / "node")}}
+    result = run_suite(parse_suite(raw, "test suite"), out_root=tmp_path, progress=lambda _m: None,
+                       progress_interval=0.1)
+    assert result.failed == 0
+    err = capsys.readouterr().err
+    (segment_users,) = {int(line.split("(")[1].split()[0]) for line in err.splitlines() if "recommend all (" in line}
+    assert segment_users > 40  # three batches of at most 20 users
+    assert "slow-pop: recommend all (" in err
+    assert "users 1-20" in err and f"users 41-{segment_users}" in err
+
+
 def test_a_quick_cell_prints_nothing_and_calls_outside_a_cell_are_no_ops():
     out = io.StringIO()
     progress.step(1, 2, "epoch")  # no active cell: nothing happens, nothing fails

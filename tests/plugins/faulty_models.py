@@ -16,14 +16,19 @@ from bench import registry
 
 
 class SlowPop(Pop):
-    """Pop that takes ``delay`` seconds to fit: gives a test time to kill the run mid-suite."""
+    """Pop that takes ``delay`` seconds to fit (gives a test time to kill the run mid-suite) and
+    ``recommend_delay`` seconds per recommend call (lets a test watch the progress of a segment)."""
 
     name = "slow-pop"
-    default_params = {"delay": 0.5}
+    default_params = {"delay": 0.5, "recommend_delay": 0.0}
 
     def fit(self, train):
         time.sleep(self.params["delay"])
         super().fit(train)
+
+    def recommend(self, users, k, **kwargs):
+        time.sleep(self.params["recommend_delay"])
+        return super().recommend(users, k, **kwargs)
 
 
 class Raising(Pop):
