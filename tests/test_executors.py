@@ -305,3 +305,35 @@ def test_occupancy_records_are_counted_by_name_and_pruned(tmp_path):
     assert NodeSlot.finished_times(NodeSlot.finished_name(slot.pid, "eeeeeeeeeeee", slot.start, slot.end)) == (
         round(slot.start, 6), round(slot.end, 6))
     assert (folder / NodeSlot.finished_name(slot.pid, "eeeeeeeeeeee", slot.start, slot.end)).exists()
+
+
+def test_cell_processes_leave_no_semaphores_for_the_resource_tracker(tmp_path):
+    """implicit's ALS fit makes a tqdm bar (hidden), and tqdm a multiprocessing lock; a cell process ends with
+    os._exit, which skipped that lock's cleanup, and every such cell made the run end with "leaked semaphore
+    objects" (22 in the main job). A fresh interpreter, so the resource tracker is this run's alone."""
+    suite_file = tmp_path / "semaphores.toml"
+    suite_file.write_text(textwrap.dedent("""
+        name = "semaphores"
+        seeds = [0]
+        [evaluation]
+        k = [5]
+        bootstrap = 0
+        [evaluation.systems]
+        enabled = false
+        [[datasets]]
+        name = "synthetic"
+        params = { n_users = 60, n_items = 40, n_interactions = 600 }
+        [[splits]]
+        kind = "random"
+        [[models]]
+        name = "als"
+        params = { factors = 4, iterations = 2, num_threads = 1 }
+        [[models]]
+        name = "bpr"
+        params = { factors = 4, iterations = 2, num_threads = 1 }
+        """))
+    done = subprocess.run(RUN_BENCH + ["run", "--suite", str(suite_file), "--out", str(tmp_path / "runs"),
+                                       "--no-report"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 cells, 0 failed" in done.stdout
+    assert "leaked semaphore" not in done.stderr, done.stderr[-2000:]
