@@ -42,6 +42,7 @@ import ctypes
 import fcntl
 import json
 import multiprocessing
+import multiprocessing.util
 import os
 import pickle
 import queue
@@ -388,8 +389,6 @@ def _release_multiprocessing_objects() -> None:
     are left alone.
     """
     try:
-        import multiprocessing.util
-
         multiprocessing.util._run_finalizers(0)  # exit priority >= 0: semaphores (0), pools, queues
     except Exception:  # noqa: BLE001 - the cell's result is already written; never fail here
         traceback.print_exc()

@@ -87,6 +87,16 @@ def part(name: str) -> None:
         _active.part, _active.detail = name, ""
 
 
+def user_batches(n_users: int, batch: int) -> Iterator[tuple[int, int]]:
+    """``(lo, hi)`` of each batch of ``batch`` users out of ``n_users``, each named as the phase's part
+    (``users 21-40``) when there is more than one."""
+    for lo in range(0, n_users, batch):
+        hi = min(lo + batch, n_users)
+        if batch < n_users:
+            part(f"users {lo + 1}-{hi}")
+        yield lo, hi
+
+
 def step(done: int, total: int | None = None, what: str = "", extra: str = "") -> None:
     """A model's loop reached ``done`` of ``total`` (``what``: "epoch", "step", "users"); stored, not printed."""
     if _active is not None:

@@ -369,10 +369,7 @@ class CellRunner:
         first_call = clock.now() - first
         model.extra_metrics()  # drop figures of earlier calls (and of the warm-up): the segment's own are read below
         seconds = validate_seconds = 0.0
-        for lo in range(0, len(data.users), batch):
-            hi = lo + batch
-            if batch < len(data.users):
-                cell_progress.part(f"users {lo + 1}-{min(hi, len(data.users))}")
+        for lo, hi in cell_progress.user_batches(len(data.users), batch):
             hist = None if data.history is None else data.history[lo:hi]
             excl = None if data.exclude is None else data.exclude[lo:hi]
             cand = data.batch_candidates(lo, hi)
@@ -488,16 +485,13 @@ class CellRunner:
         batches and validated: the order probes' calls."""
         batch = self.config.evaluation.batch_size or len(data.users)
         parts = []
-        for lo in range(0, len(data.users), batch):
-            if batch < len(data.users):
-                cell_progress.part(f"users {lo + 1}-{min(lo + batch, len(data.users))}")
-            hist = None if data.history is None else data.history[lo:lo + batch]
-            excl = None if data.exclude is None else data.exclude[lo:lo + batch]
-            items, scores = model.recommend(data.users[lo:lo + batch], k, history=hist,
-                                            candidates=candidates[lo:lo + batch], exclude=excl)
-            items, _ = validate_topk(model.name, items, scores, n_users=len(data.users[lo:lo + batch]), k=k,
-                                     n_items=self.dataset.n_items, exclude=excl,
-                                     candidates=candidates[lo:lo + batch])
+        for lo, hi in cell_progress.user_batches(len(data.users), batch):
+            hist = None if data.history is None else data.history[lo:hi]
+            excl = None if data.exclude is None else data.exclude[lo:hi]
+            items, scores = model.recommend(data.users[lo:hi], k, history=hist,
+                                            candidates=candidates[lo:hi], exclude=excl)
+            items, _ = validate_topk(model.name, items, scores, n_users=hi - lo, k=k,
+                                     n_items=self.dataset.n_items, exclude=excl, candidates=candidates[lo:hi])
             parts.append(items)
         return np.concatenate(parts) if parts else np.zeros((0, k), np.int64)
 
